@@ -1,0 +1,64 @@
+"""Pre-LayerNorm transformer building blocks shared by the factorizer, IDM, FDM and aggregator.
+
+All blocks take `dtype` (the compute dtype, e.g. bfloat16) and keep parameters in
+float32 (`param_dtype`), so mixed precision is one config switch. LayerNorms and
+softmaxes run in float32 for stability.
+"""
+
+from typing import Optional
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+
+class MLP(nn.Module):
+  """Two-layer GELU MLP, d -> hidden -> d."""
+
+  hidden_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    out_dim = x.shape[-1]
+    x = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x)
+    x = nn.gelu(x)
+    return nn.Dense(out_dim, dtype=self.dtype, name="fc2")(x)
+
+
+class SelfAttentionBlock(nn.Module):
+  """x + MHA(LN(x)) then x + MLP(LN(x)); `mask` is broadcastable to [..., heads, q, k]."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  decode: bool = False  # Key/value cache for autoregressive decoding (flax 'cache' collection).
+
+  @nn.compact
+  def __call__(self, x, mask: Optional[jnp.ndarray] = None):
+    h = nn.LayerNorm(dtype=jnp.float32, name="ln_attn")(x)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, decode=self.decode, name="attn")(
+            h, h, mask=mask)
+    x = x + h.astype(x.dtype)
+    h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
+    h = MLP(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+    return x + h.astype(x.dtype)
+
+
+class CrossAttentionBlock(nn.Module):
+  """x + MHA(LN(x), LN(context)) then x + MLP(LN(x)): queries x attend to `context`."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, context, mask: Optional[jnp.ndarray] = None):
+    q = nn.LayerNorm(dtype=jnp.float32, name="ln_q")(x)
+    kv = nn.LayerNorm(dtype=jnp.float32, name="ln_kv")(context)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, name="attn")(q, kv, mask=mask)
+    x = x + h.astype(x.dtype)
+    h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
+    h = MLP(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
+    return x + h.astype(x.dtype)
