@@ -1,0 +1,180 @@
+"""The training loop shared by every stage: one jit-compiled, sharded, donated step.
+
+A stage (see `flam_jax/stages/`) supplies the model-specific parts:
+  name, data_fields, checkpoint_keys, validate(metadata),
+  init(rng, batch) -> params, loss(params, batch, rng) -> (loss, metrics),
+  visualize(params, batch) -> {name: uint8 image}.
+This module owns everything else: data iterator, mesh, optimizer, orbax checkpoints
+(resume by workdir), metrics, pictures, progress bar and preemption.
+"""
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from flam_jax.data import pipeline
+from flam_jax.lib import checkpointing, images, optim, sharding
+from flam_jax.lib.train_state import TrainState
+from flam_jax.lib.writer import MetricWriter
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (a preempted TPU/GPU host); the loop checkpoints and exits."""
+
+  def __init__(self):
+    self.triggered = False
+    self._previous = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.triggered = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array) -> Callable:
+  """(state, batch) -> (state, metrics): loss, gradients, clipped AdamW update."""
+
+  def train_step(state: TrainState, batch: Dict[str, jax.Array]):
+    rng = jax.random.fold_in(base_rng, state.step)
+    (loss, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def dummy_batch(metadata: dict, config: ConfigDict, fields, batch_size: int = 1) -> Dict[str, np.ndarray]:
+  """Zeros shaped like one pipeline batch, for initialisation and shape inference."""
+  shapes = pipeline.window_shapes(metadata, config.data.window_length)
+  return {k: np.zeros((batch_size,) + tuple(shapes[k][0]), shapes[k][1]) for k in fields}
+
+
+def create_train_state(stage, config: ConfigDict, metadata: dict, mesh, tx) -> TrainState:
+  """Initialises params and optimizer state directly into their (replicated) shardings."""
+  batch = dummy_batch(metadata, config, stage.data_fields)
+
+  def init(rng):
+    params = stage.init(rng, batch)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  rng = jax.random.PRNGKey(config.seed)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+
+
+def abstract_like(state: Any) -> Any:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
+  """Trains `stage` for config.num_train_steps, resuming from `stage_dir` if it has checkpoints.
+
+  Returns a summary dict (final step, last metrics, output paths).
+  """
+  sharding.maybe_initialize_distributed()
+  mesh = sharding.make_mesh(config.mesh.model_axis_size)
+  is_chief = jax.process_index() == 0
+  local_batch_size = sharding.check_batch_size(config.batch_size, mesh)
+
+  metadata = pipeline.load_metadata(config.data.dir)
+  pipeline.validate(metadata, image_size=config.data.image_size,
+                    window_length=config.data.window_length)
+  stage.validate(metadata)
+
+  tx = optim.make_optimizer(config.optim, config.num_train_steps)
+  state = create_train_state(stage, config, metadata, mesh, tx)
+  data_iter = pipeline.make_iterator(
+      config.data.dir, "train", window_length=config.data.window_length,
+      batch_size=local_batch_size, seed=config.seed, window_stride=config.data.window_stride,
+      num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size)
+
+  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, "checkpoints"),
+                                    max_to_keep=config.keep_checkpoints)
+  start_step = ckpt.latest_step()
+  if start_step is not None:
+    checkpointing.check_compatible(ckpt.restore_config(start_step), config,
+                                   stage.checkpoint_keys, ckpt.directory)
+    state = ckpt.restore(abstract_like(state), data_iter, start_step)
+    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+  start_step = int(jax.device_get(state.step))
+
+  writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
+  state_sharding = sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1)),
+                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sharding, None), donate_argnums=(0,))
+  visualize = jax.jit(stage.visualize_arrays)
+
+  def next_batch():
+    local = next(data_iter)
+    return sharding.to_global_batch({k: local[k] for k in stage.data_fields}, mesh)
+
+  summary = dict(stage=stage.name, stage_dir=stage_dir, checkpoints=ckpt.directory,
+                 tensorboard=writer.logdir if is_chief else None, images=[])
+  pending_metrics = []
+  frames_per_example = config.data.window_length
+  last_log_time, last_log_step = time.time(), start_step
+  step = start_step
+  last_metrics: Dict[str, float] = {}
+  preempted = False
+
+  with _PreemptionFlag() as sigterm, tqdm(
+      total=config.num_train_steps, initial=start_step, desc=f"train {stage.name}",
+      disable=not is_chief or not config.progress_bar, dynamic_ncols=True, file=sys.stdout) as bar:
+    while step < config.num_train_steps:
+      batch = next_batch()
+      state, metrics = train_step(state, batch)
+      pending_metrics.append(metrics)  # Device arrays: no host sync until logging.
+      step += 1
+      bar.update(1)
+
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        stacked = jax.device_get(pending_metrics)
+        pending_metrics = []
+        last_metrics = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+        elapsed = time.time() - last_log_time
+        steps_per_s = (step - last_log_step) / max(elapsed, 1e-9)
+        last_metrics.update(steps_per_s=steps_per_s,
+                            frames_per_s=steps_per_s * config.batch_size * frames_per_example,
+                            learning_rate=float(optim.make_schedule(
+                                config.optim, config.num_train_steps)(step)))
+        writer.scalars(step, last_metrics)
+        bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in stage.progress_keys})
+        last_log_time, last_log_step = time.time(), step
+
+      if is_chief and (step % config.image_every_steps == 0 or step == config.num_train_steps):
+        pictures = stage.visualize(jax.device_get(visualize(state.params, batch)))
+        for name, picture in pictures.items():
+          writer.image(step, name, picture)
+          summary["images"].append(images.save_png(
+              os.path.join(stage_dir, "images", f"{name}_{step:07d}.png"), picture, upscale=2))
+        writer.flush()
+
+      preempted = sigterm.triggered or ckpt.reached_preemption(step)
+      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
+        ckpt.save(step, state, data_iter, config, force=preempted)
+      if preempted:
+        break
+
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  summary.update(step=step, metrics=last_metrics, preempted=preempted, state=state)
+  return summary

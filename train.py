@@ -1,0 +1,100 @@
+"""flam_jax's single entry point.
+
+    python train.py --config=configs/quickstart.py --workdir=workdirs/quickstart
+    python train.py --config=configs/multigrid.py:tokenizer --workdir=W --config.batch_size=128
+
+Each stage writes into `<workdir>/<stage>/` (checkpoints/, tb/, images/); re-running
+the same command resumes from the latest checkpoint there. Errors a user can cause
+print one line naming the problem and the fix, and exit with status 2.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from flam_jax.errors import FlamError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file, optionally with :variant.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def ensure_dataset(config, workdir: str) -> None:
+  """Points config.data.dir at <workdir>/data when unset, generating Multigrid there if missing."""
+  from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+  if not config.data.dir:
+    config.data.dir = os.path.join(workdir, "data")
+    gen = config.data.generate
+    if gen.enabled and not os.path.exists(os.path.join(config.data.dir, "metadata.json")):
+      logging.info("Generating Multigrid data into %s", config.data.dir)
+      print(f"Generating {gen.episodes} Multigrid episodes into {config.data.dir}", flush=True)
+      multigrid.write_dataset(
+          config.data.dir,
+          multigrid.MultigridConfig(
+              grid_size=gen.grid_size, resolution=config.data.image_size,
+              num_agents=gen.num_agents, episode_length=gen.episode_length,
+              sticky_prob=gen.sticky_prob, wall_density=gen.wall_density),
+          num_episodes=gen.episodes, seed=gen.seed)
+
+
+def make_stage(config):
+  from flam_jax.stages import tokenizer  # pylint: disable=g-import-not-at-top
+  stages = {"tokenizer": tokenizer.TokenizerStage}
+  if config.stage not in stages:
+    raise FlamError(f"config.stage={config.stage!r} is not one of {sorted(stages)}; "
+                    "set --config.stage accordingly")
+  return stages[config.stage](config)
+
+
+def run(config, workdir: str) -> dict:
+  from flam_jax.lib import trainer  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  ensure_dataset(config, workdir)
+  stage = make_stage(config)
+  summary = trainer.train(stage, config, os.path.join(workdir, stage.name))
+  if summary["preempted"]:
+    print(f"Preempted at step {summary['step']}: checkpoint saved in {summary['checkpoints']}; "
+          "re-run the same command to resume.", flush=True)
+    return summary
+  metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["metrics"].items()))
+  print(f"\nStage {stage.name} finished at step {summary['step']}: {metrics}")
+  print(f"  checkpoints: {summary['checkpoints']}")
+  print(f"  metrics:     {summary['tensorboard']}  (tensorboard --logdir {workdir})")
+  if summary["images"]:
+    print(f"  picture:     {summary['images'][-1]}")
+  return summary
+
+
+def parse_flags(argv):
+  """absl flag parsing, with one-line errors for bad --config overrides instead of tracebacks."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip("'\"")
+    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+    shown = where[0] if where else key
+    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
+          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    summary = run(_CONFIG.value, _WORKDIR.value)
+  except FlamError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  if summary["preempted"]:
+    sys.exit(143)  # 128 + SIGTERM: tells a scheduler the job did not finish.
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
