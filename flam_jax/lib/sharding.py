@@ -40,9 +40,10 @@ def maybe_initialize_distributed() -> None:
                  jax.device_count())
 
 
-def make_mesh(model_axis_size: int = 1) -> Mesh:
-  """A [data, model] mesh over all devices (of all processes)."""
-  num_devices = jax.device_count()
+def make_mesh(model_axis_size: int = 1, devices=None) -> Mesh:
+  """A [data, model] mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  num_devices = len(devices)
   if model_axis_size < 1 or num_devices % model_axis_size:
     raise ConfigError(
         f"config.mesh.model_axis_size={model_axis_size} does not divide the {num_devices} "
@@ -50,8 +51,9 @@ def make_mesh(model_axis_size: int = 1) -> Mesh:
   shape = (num_devices // model_axis_size, model_axis_size)
   axis_type = getattr(jax.sharding, "AxisType", None)
   if axis_type is not None:
-    return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS), axis_types=(axis_type.Auto,) * 2)
-  return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS))
+    return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS), axis_types=(axis_type.Auto,) * 2,
+                         devices=devices)
+  return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -62,21 +62,35 @@ def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array
 
 
 def dummy_batch(metadata: dict, config: ConfigDict, fields, batch_size: int = 1) -> Dict[str, np.ndarray]:
-  """Zeros shaped like one pipeline batch, for initialisation and shape inference."""
-  shapes = pipeline.window_shapes(metadata, config.data.window_length)
-  return {k: np.zeros((batch_size,) + tuple(shapes[k][0]), shapes[k][1]) for k in fields}
+  """Zeros shaped like one pipeline batch (from the dataset metadata), for initialisation."""
+  window = config.data.window_length
+  out = {}
+  for field in metadata["fields"]:
+    if field["name"] in fields:
+      # Episode arrays lead with time: L frames, or L-1 transitions for actions.
+      time_len = window - 1 if field["name"] == "actions" else window
+      out[field["name"]] = np.zeros((batch_size, time_len) + tuple(field["shape"][1:]),
+                                    field["dtype"])
+  return out
 
 
-def create_train_state(stage, config: ConfigDict, metadata: dict, mesh, tx) -> TrainState:
+def create_train_state(stage, config: ConfigDict, example_batch, mesh, tx) -> TrainState:
   """Initialises params and optimizer state directly into their (replicated) shardings."""
-  batch = dummy_batch(metadata, config, stage.data_fields)
 
   def init(rng):
-    params = stage.init(rng, batch)
+    params = stage.init(rng, example_batch)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   rng = jax.random.PRNGKey(config.seed)
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+
+
+def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
+  """The one compiled step: state replicated (and donated), batch split over the data axis."""
+  state_sharding = sharding.replicated(mesh)
+  return jax.jit(make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1)),
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, None), donate_argnums=(0,))
 
 
 def abstract_like(state: Any) -> Any:
@@ -99,11 +113,13 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   stage.validate(metadata)
 
   tx = optim.make_optimizer(config.optim, config.num_train_steps)
-  state = create_train_state(stage, config, metadata, mesh, tx)
+  state = create_train_state(
+      stage, config, dummy_batch(metadata, config, stage.data_fields), mesh, tx)
   data_iter = pipeline.make_iterator(
       config.data.dir, "train", window_length=config.data.window_length,
       batch_size=local_batch_size, seed=config.seed, window_stride=config.data.window_stride,
-      num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size)
+      num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size,
+      fields=stage.data_fields)
 
   ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)
@@ -112,14 +128,12 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
     checkpointing.check_compatible(ckpt.restore_config(start_step), config,
                                    stage.checkpoint_keys, ckpt.directory)
     state = ckpt.restore(abstract_like(state), data_iter, start_step)
-    logging.info("Resumed from %s at step %d", ckpt.directory, start_step)
+    if is_chief:
+      print(f"Resumed from {ckpt.directory} at step {start_step}", flush=True)
   start_step = int(jax.device_get(state.step))
 
   writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
-  state_sharding = sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1)),
-                       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_sharding, None), donate_argnums=(0,))
+  train_step = jit_train_step(stage, config, mesh, tx)
   visualize = jax.jit(stage.visualize_arrays)
 
   def next_batch():
@@ -144,6 +158,10 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
       pending_metrics.append(metrics)  # Device arrays: no host sync until logging.
       step += 1
       bar.update(1)
+      if step == start_step + 1:
+        # One sync after the first step, so throughput figures exclude compilation.
+        jax.block_until_ready(metrics)
+        last_log_time, last_log_step = time.time(), start_step + 1
 
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         stacked = jax.device_get(pending_metrics)

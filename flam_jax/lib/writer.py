@@ -1,10 +1,12 @@
 """Metrics to stdout (absl logging) and to TensorBoard event files, without TensorFlow."""
 
 import os
+import sys
 from typing import Mapping
 
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 
 class MetricWriter:
@@ -24,8 +26,9 @@ class MetricWriter:
       return
     for name, value in scalars.items():
       self._tb.add_scalar(name, float(value), step)
-    logging.info("step %d: %s", step,
-                 ", ".join(f"{k}={float(v):.5g}" for k, v in sorted(scalars.items())))
+    line = f"step {step}: " + ", ".join(f"{k}={float(v):.5g}" for k, v in sorted(scalars.items()))
+    logging.info(line)
+    tqdm.write(line, file=sys.stdout)
 
   def image(self, step: int, name: str, image_HWc: np.ndarray) -> None:
     if self.enabled:
