@@ -43,7 +43,7 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from absl import flags
 from array_record.python import array_record_module
@@ -342,11 +342,44 @@ def split_counts(num_episodes: int) -> dict[str, int]:
   }
 
 
-def serialize_episode(episode: dict[str, np.ndarray]) -> bytes:
-  """Raw little-endian bytes of the FIELDS, concatenated in order."""
+def serialize_episode(episode: dict[str, np.ndarray],
+                      fields: Sequence[str] = FIELDS) -> bytes:
+  """Raw little-endian bytes of `fields`, concatenated in order."""
   return b"".join(
-      np.ascontiguousarray(episode[f], dtype=RECORD_DTYPES[f]).tobytes()
-      for f in FIELDS)
+      np.ascontiguousarray(
+          episode[f],
+          dtype=RECORD_DTYPES.get(f, np.dtype(episode[f].dtype).newbyteorder("<"))).tobytes()
+      for f in fields)
+
+
+def write_split_shards(out_dir: str, split: str, episodes: Iterable[dict[str, np.ndarray]],
+                       num_episodes: int, episodes_per_shard: int,
+                       fields: Sequence[str] = FIELDS, bar=None) -> dict[str, Any]:
+  """Writes one split's episodes (in order) as ArrayRecord shards; returns its metadata."""
+  num_shards = math.ceil(num_episodes / episodes_per_shard)
+  episodes = iter(episodes)
+  shards, sizes = [], []
+  for i in range(num_shards):
+    name = f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
+    size = min(episodes_per_shard, num_episodes - i * episodes_per_shard)
+    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), WRITER_OPTIONS)
+    for _ in range(size):
+      writer.write(serialize_episode(next(episodes), fields))
+      if bar is not None:
+        bar.update(1)
+    writer.close()
+    shards.append(name)
+    sizes.append(size)
+  return {"num_episodes": num_episodes, "shards": shards, "shard_num_episodes": sizes}
+
+
+def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
+  """metadata.json, written last and atomically: its presence means the shards are complete."""
+  meta_path = os.path.join(out_dir, METADATA_FILE)
+  tmp_path = meta_path + ".tmp"
+  with open(tmp_path, "w") as f:
+    json.dump(metadata, f, indent=2)
+  os.replace(tmp_path, meta_path)
 
 
 def write_dataset(out_dir: str,
@@ -378,27 +411,10 @@ def write_dataset(out_dir: str,
   bar = tqdm.tqdm(total=num_episodes, desc="episodes", disable=not progress)
   for split in SPLITS:
     n = counts[split]
-    num_shards = math.ceil(n / episodes_per_shard)
-    shards, sizes = [], []
-    for i in range(num_shards):
-      name = f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
-      lo = first + i * episodes_per_shard
-      hi = min(first + n, lo + episodes_per_shard)
-      writer = array_record_module.ArrayRecordWriter(
-          os.path.join(out_dir, name), WRITER_OPTIONS)
-      for e in range(lo, hi):
-        episode = generate_episode(cfg, episode_rng(seed, e))
-        writer.write(serialize_episode(episode))
-        bar.update(1)
-      writer.close()
-      shards.append(name)
-      sizes.append(hi - lo)
-    splits_meta[split] = {
-        "num_episodes": n,
-        "first_episode": first,
-        "shards": shards,
-        "shard_num_episodes": sizes,
-    }
+    episodes = (generate_episode(cfg, episode_rng(seed, e)) for e in range(first, first + n))
+    splits_meta[split] = write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
+                                            bar=bar)
+    splits_meta[split]["first_episode"] = first
     first += n
   bar.close()
 
@@ -421,10 +437,7 @@ def write_dataset(out_dir: str,
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
   }
-  tmp_path = meta_path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(tmp_path, meta_path)
+  write_metadata(out_dir, metadata)
   return metadata
 
 
