@@ -1,0 +1,295 @@
+"""Aggregators: predicted slots s_hat_{t+1}^{1:K} -> next-frame tokenizer features (Sec 4.2, 5.4).
+
+* `ClassificationAggregator` (the paper's choice): an autoregressive transformer
+  over the N patches in raster order that predicts each patch's tokenizer
+  codebook index c in [0, C), conditioned on earlier patches (causal
+  self-attention) and on the slots (cross-attention):
+    sigma^n = CrossAttention(query=z^{n-1}, key=[z^{1:n-1}, s_hat^{1:K}]),
+    z^n = ExtractCode(argmax sigma^n),
+  trained with Eq. 5 (cross-entropy summed over patches). Indices are split into
+  hierarchical sub-tokens (Table 4: [32, 32] for C = 1024) and each sub-token has
+  its own small softmax, log p(c) = sum_j log p(s_j); there is never a C-way
+  softmax.
+* `RegressionAggregator` (Sec 5.4 ablation, later version): non-autoregressive,
+  predicts the continuous features directly.
+
+Sub-token convention: mixed radix with the FIRST sub-token most significant,
+c = s_0 * (S_1 * ... * S_{m-1}) + ... + s_{m-1}; for [32, 32], c = 32 s_0 + s_1.
+(The tokenizer's FSQ index uses its own, independent, radix order; only the
+integer c matters here.)
+"""
+
+from typing import Sequence, Tuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flam_jax.modules.transformer import CrossAttentionBlock
+from flam_jax.modules.transformer import SelfAttentionBlock
+
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _place_values(sizes: Sequence[int]) -> np.ndarray:
+  """[S_1*...*S_{m-1}, ..., S_{m-1}, 1]: first sub-token most significant."""
+  sizes = tuple(int(s) for s in sizes)
+  return np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int32)
+
+
+def indices_to_subtokens(indices: jnp.ndarray, sizes: Sequence[int]) -> jnp.ndarray:
+  """indices[...] in [0, prod(sizes)) -> sub-tokens [..., len(sizes)], first most significant."""
+  place = jnp.asarray(_place_values(sizes))
+  return (indices[..., None].astype(jnp.int32) // place) % jnp.asarray(sizes, jnp.int32)
+
+
+def subtokens_to_indices(subtokens: jnp.ndarray, sizes: Sequence[int]) -> jnp.ndarray:
+  """Sub-tokens [..., len(sizes)] -> indices[...]; inverse of `indices_to_subtokens`."""
+  place = jnp.asarray(_place_values(sizes))
+  return jnp.sum(subtokens.astype(jnp.int32) * place, axis=-1)
+
+
+def classification_loss(logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray,
+                        sizes: Sequence[int]) -> jnp.ndarray:
+  """Eq. 5: cross-entropy of the true index, summed over the N patches -> [B].
+
+  -log p(c) = -sum_j log p(s_j), so the per-patch loss is the sum of the
+  sub-token cross-entropies.
+  """
+  chex.assert_rank(target_indices_bn, 2)
+  sub_bns = indices_to_subtokens(target_indices_bn, sizes)
+  total_b = jnp.zeros(target_indices_bn.shape[:1], jnp.float32)
+  for j, logits_bns in enumerate(logits):  # Over sub-tokens (static, 2 in practice).
+    log_p = jax.nn.log_softmax(logits_bns.astype(jnp.float32), axis=-1)
+    nll_bn = -jnp.take_along_axis(log_p, sub_bns[..., j:j + 1], axis=-1)[..., 0]
+    total_b = total_b + jnp.sum(nll_bn, axis=-1)
+  return total_b
+
+
+def logits_to_indices(logits: Tuple[jnp.ndarray, ...], sizes: Sequence[int]) -> jnp.ndarray:
+  """Greedy index: argmax of each sub-token independently, combined -> [...]."""
+  sub = jnp.stack([jnp.argmax(l, axis=-1) for l in logits], axis=-1)
+  return subtokens_to_indices(sub, sizes)
+
+
+def classification_accuracy(logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray,
+                            sizes: Sequence[int]) -> jnp.ndarray:
+  """Fraction of patches whose full (greedy) index is right, per example -> [B]."""
+  pred_bn = logits_to_indices(logits, sizes)
+  return jnp.mean((pred_bn == target_indices_bn).astype(jnp.float32), axis=-1)
+
+
+class ClassificationAggregator(nn.Module):
+  """Autoregressive index predictor over N patches, cross-attending to the slots.
+
+  Position n's input is emb(c^{n-1}) + pos[n] with emb(c) = sum_j Embed_j(s_j(c))
+  and a learned start embedding at n = 0. Each block: causal SelfAttentionBlock
+  over patches, then CrossAttentionBlock to the (Dense-projected) slots. One Dense
+  head per sub-token. Logits are a tuple, one float32 [B, N, S_j] array per
+  sub-token.
+
+  Use `__call__` for teacher-forced training (fully parallel) and `decode` for
+  greedy generation (lax.scan over patches, optional key/value cache). `loss` and
+  `accuracy` need no parameters and work on an unbound module.
+  """
+
+  num_patches: int
+  subtoken_sizes: Sequence[int]
+  d_model: int
+  num_blocks: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  codebook_size: int = 0  # C; if > 0 it must equal prod(subtoken_sizes).
+  mlp_ratio: float = 4.0
+
+  def _check_config(self):
+    sizes = tuple(int(s) for s in self.subtoken_sizes)
+    if not sizes or min(sizes) < 1:
+      raise ValueError(f"subtoken_sizes must be positive integers, got {self.subtoken_sizes}")
+    if self.codebook_size and int(np.prod(sizes)) != int(self.codebook_size):
+      raise ValueError(
+          f"prod(subtoken_sizes)={int(np.prod(sizes))} must equal the tokenizer codebook "
+          f"size {self.codebook_size} (e.g. [32, 32] for 1024)")
+    return sizes
+
+  @nn.compact
+  def _forward(self, slots_bkd: jnp.ndarray, prev_indices_bl: jnp.ndarray,
+               positions_l: jnp.ndarray, decode: bool) -> Tuple[jnp.ndarray, ...]:
+    """Core transformer on L positions. prev index -1 means "start".
+
+    decode=False: L positions with a causal mask (teacher forcing).
+    decode=True: the flax KV cache ('cache' collection) holds earlier positions;
+    L = 1 per step and the attention masks out not-yet-written cache slots.
+    """
+    sizes = self._check_config()
+    b, l = prev_indices_bl.shape
+    slots_bkd = nn.Dense(self.d_model, dtype=self.dtype, name="slot_proj")(slots_bkd)
+    slots_bkd = slots_bkd.astype(jnp.float32)
+
+    is_start_bl = prev_indices_bl < 0
+    sub_bls = indices_to_subtokens(jnp.maximum(prev_indices_bl, 0), sizes)
+    x_bld = jnp.zeros((b, l, self.d_model), jnp.float32)
+    for j, size in enumerate(sizes):  # Over sub-tokens (static, 2 in practice).
+      x_bld = x_bld + nn.Embed(size, self.d_model, embedding_init=_EMBED_INIT,
+                               name=f"subtoken_embed_{j}")(sub_bls[..., j])
+    start_d = self.param("start", _EMBED_INIT, (self.d_model,), jnp.float32)
+    x_bld = jnp.where(is_start_bl[..., None], start_d, x_bld)
+    pos_nd = self.param("pos_embed", _EMBED_INIT, (self.num_patches, self.d_model), jnp.float32)
+    x_bld = x_bld + pos_nd[positions_l][None]
+
+    mask = None if decode else nn.make_causal_mask(jnp.zeros((b, l), jnp.int32))
+    for i in range(self.num_blocks):
+      x_bld = SelfAttentionBlock(
+          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+          decode=decode, name=f"self_{i}")(x_bld, mask=mask)
+      x_bld = CrossAttentionBlock(
+          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+          name=f"cross_{i}")(x_bld, slots_bkd)
+    h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
+    return tuple(
+        nn.Dense(size, dtype=self.dtype, name=f"head_{j}")(h_bld).astype(jnp.float32)
+        for j, size in enumerate(sizes))
+
+  def __call__(self, slots_bkd: jnp.ndarray,
+               target_indices_bn: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+    """Teacher forcing: logits for all N patches in parallel, tuple of [B, N, S_j]."""
+    chex.assert_rank([slots_bkd, target_indices_bn], [3, 2])
+    b, n = target_indices_bn.shape
+    if n != self.num_patches:
+      raise ValueError(f"expected {self.num_patches} target patches, got {n}")
+    prev_bn = jnp.concatenate(
+        [jnp.full((b, 1), -1, jnp.int32), target_indices_bn[:, :-1].astype(jnp.int32)], axis=1)
+    logits = self._forward(slots_bkd, prev_bn, jnp.arange(n), decode=False)
+    chex.assert_shape(list(logits), [(b, n, s) for s in self._check_config()])
+    return logits
+
+  def decode(self, slots_bkd: jnp.ndarray, *,
+             use_cache: bool = True) -> Tuple[jnp.ndarray, Tuple[jnp.ndarray, ...]]:
+    """Greedy autoregressive decoding -> (indices [B, N] int32, logits tuple of [B, N, S_j]).
+
+    One `lax.scan` over the N patches. With use_cache=True each step feeds one
+    token and reuses a flax key/value cache; with use_cache=False each step
+    re-runs the full causal transformer on a fixed [B, N] buffer (O(N^2) per
+    step; a reference for the cache and for benchmarks).
+
+    The cache lives entirely inside this method (a nested functional apply on
+    this module's own params), so callers need no mutable collections:
+      indices, logits = agg.apply(variables, slots, method=agg.decode)
+    """
+    chex.assert_rank(slots_bkd, 3)
+    sizes = self._check_config()
+    b, n = slots_bkd.shape[0], self.num_patches
+    if self.is_initializing():  # Create the params if `init` was called with this method.
+      self(slots_bkd, jnp.zeros((b, n), jnp.int32))
+    params = self.variables["params"]
+    model = self.clone(parent=None, name=None)
+
+    def forward(variables, prev_bl, positions_l, decode):
+      return model.apply(variables, slots_bkd, prev_bl, positions_l, decode,
+                         method=ClassificationAggregator._forward,
+                         mutable=["cache"] if decode else False)
+
+    if use_cache:
+      # Cache shapes from an abstract full-length init call (no FLOPs), then zeros.
+      cache_shapes = jax.eval_shape(
+          lambda: forward({"params": params}, jnp.zeros((b, n), jnp.int32), jnp.arange(n),
+                          True)[1])["cache"]
+      cache0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
+
+      def step(carry, pos):
+        cache, prev_b = carry
+        logits, new_vars = forward({"params": params, "cache": cache}, prev_b[:, None],
+                                   pos[None], True)
+        logits = tuple(l[:, 0] for l in logits)  # [B, S_j]
+        idx_b = logits_to_indices(logits, sizes)
+        return (new_vars["cache"], idx_b), (idx_b, logits)
+
+      carry0 = (cache0, jnp.full((b,), -1, jnp.int32))
+    else:
+
+      def step(buf_bn, pos):
+        prev_bn = jnp.concatenate([jnp.full((b, 1), -1, jnp.int32), buf_bn[:, :-1]], axis=1)
+        all_logits = forward({"params": params}, prev_bn, jnp.arange(n), False)
+        logits = tuple(jax.lax.dynamic_index_in_dim(l, pos, axis=1, keepdims=False)
+                       for l in all_logits)  # [B, S_j]
+        idx_b = logits_to_indices(logits, sizes)
+        buf_bn = jax.lax.dynamic_update_index_in_dim(buf_bn, idx_b, pos, axis=1)
+        return buf_bn, (idx_b, logits)
+
+      carry0 = jnp.zeros((b, n), jnp.int32)
+
+    _, (idx_nb, logits_nbs) = jax.lax.scan(step, carry0, jnp.arange(n))
+    indices_bn = jnp.transpose(idx_nb).astype(jnp.int32)
+    logits = tuple(jnp.swapaxes(l, 0, 1) for l in logits_nbs)
+    chex.assert_shape(indices_bn, (b, n))
+    return indices_bn, logits
+
+  @nn.nowrap
+  def loss(self, logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray) -> jnp.ndarray:
+    """Eq. 5 per example, [B]: sub-token cross-entropies summed over sub-tokens and patches."""
+    return classification_loss(logits, target_indices_bn, self._check_config())
+
+  @nn.nowrap
+  def accuracy(self, logits: Tuple[jnp.ndarray, ...],
+               target_indices_bn: jnp.ndarray) -> jnp.ndarray:
+    """Fraction of patches whose full greedy index equals the target, [B]."""
+    return classification_accuracy(logits, target_indices_bn, self._check_config())
+
+  @nn.nowrap
+  def predict_indices(self, logits: Tuple[jnp.ndarray, ...]) -> jnp.ndarray:
+    """Greedy indices from logits (argmax per sub-token, then combined)."""
+    return logits_to_indices(logits, self._check_config())
+
+
+class RegressionAggregator(nn.Module):
+  """Non-autoregressive feature regressor (Sec 5.4 "regression mode", later version).
+
+  N patch queries (one shared learned query + a learned positional embedding per
+  patch) go through blocks of self-attention over patches and cross-attention to
+  the slots, then Dense to feature_dim: [B, K, D_s] -> [B, N, feature_dim].
+  """
+
+  num_patches: int
+  feature_dim: int
+  d_model: int
+  num_blocks: int
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+  mlp_ratio: float = 4.0
+
+  @nn.compact
+  def __call__(self, slots_bkd: jnp.ndarray) -> jnp.ndarray:
+    chex.assert_rank(slots_bkd, 3)
+    b, n = slots_bkd.shape[0], self.num_patches
+    slots_bkd = nn.Dense(self.d_model, dtype=self.dtype, name="slot_proj")(slots_bkd)
+    slots_bkd = slots_bkd.astype(jnp.float32)
+    query_d = self.param("query", _EMBED_INIT, (self.d_model,), jnp.float32)
+    pos_nd = self.param("pos_embed", _EMBED_INIT, (n, self.d_model), jnp.float32)
+    x_bnd = jnp.broadcast_to(query_d + pos_nd, (b, n, self.d_model))
+    for i in range(self.num_blocks):
+      x_bnd = SelfAttentionBlock(
+          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+          name=f"self_{i}")(x_bnd)
+      x_bnd = CrossAttentionBlock(
+          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
+          name=f"cross_{i}")(x_bnd, slots_bkd)
+    h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
+    out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, name="head")(h_bnd)
+    out_bnf = out_bnf.astype(jnp.float32)
+    chex.assert_shape(out_bnf, (b, n, self.feature_dim))
+    return out_bnf
+
+  @nn.nowrap
+  def loss(self, pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray) -> jnp.ndarray:
+    """Squared error, SUM over patches (Eq. 5's scale) and MEAN over channels -> [B]."""
+    return regression_loss(pred_bnf, target_bnf)
+
+
+def regression_loss(pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray) -> jnp.ndarray:
+  """sum_n mean_c (pred - target)^2 -> [B]."""
+  chex.assert_equal_shape([pred_bnf, target_bnf])
+  chex.assert_rank(pred_bnf, 3)
+  err = jnp.square(pred_bnf.astype(jnp.float32) - target_bnf.astype(jnp.float32))
+  return jnp.sum(jnp.mean(err, axis=-1), axis=-1)
