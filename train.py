@@ -14,7 +14,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from flam_jax.errors import FlamError
+from flam_jax.errors import ConfigError, FlamError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally with :variant.",
@@ -41,20 +41,47 @@ def ensure_dataset(config, workdir: str) -> None:
           num_episodes=gen.episodes, seed=gen.seed)
 
 
-def make_stage(config):
-  from flam_jax.stages import tokenizer  # pylint: disable=g-import-not-at-top
-  stages = {"tokenizer": tokenizer.TokenizerStage}
-  if config.stage not in stages:
-    raise FlamError(f"config.stage={config.stage!r} is not one of {sorted(stages)}; "
+STAGES = ("tokenizer", "lam")
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def stage_config(config, name: str):
+  """The config one stage runs with: `config` with config.per_stage.<name> merged over it."""
+  config = config.copy_and_resolve_references()
+  overrides = config.per_stage.get(name)
+  if overrides is not None:
+    try:
+      config.update_from_flattened_dict(_flatten(overrides.to_dict()))
+    except (AttributeError, KeyError) as e:
+      raise ConfigError(f"config.per_stage.{name} names an unknown key {e}; it may only "
+                        "override keys that exist at the top level of the config") from e
+  config.stage = name
+  return config
+
+
+def make_stage(config, workdir: str):
+  """The stage object named by config.stage (a single stage)."""
+  from flam_jax.stages import lam, tokenizer  # pylint: disable=g-import-not-at-top
+  if config.stage == "tokenizer":
+    return tokenizer.TokenizerStage(config)
+  if config.stage == "lam":
+    return lam.LatentActionStage.build(config, workdir)
+  raise ConfigError(f"config.stage={config.stage!r} is not one of {STAGES}; "
                     "set --config.stage accordingly")
-  return stages[config.stage](config)
 
 
-def run(config, workdir: str) -> dict:
+def run_stage(config, workdir: str) -> dict:
   from flam_jax.lib import trainer  # pylint: disable=g-import-not-at-top
-  workdir = os.path.abspath(workdir)
-  ensure_dataset(config, workdir)
-  stage = make_stage(config)
+  stage = make_stage(config, workdir)
   summary = trainer.train(stage, config, os.path.join(workdir, stage.name))
   if summary["preempted"]:
     print(f"Preempted at step {summary['step']}: checkpoint saved in {summary['checkpoints']}; "
@@ -65,7 +92,24 @@ def run(config, workdir: str) -> dict:
   print(f"  checkpoints: {summary['checkpoints']}")
   print(f"  metrics:     {summary['tensorboard']}  (tensorboard --logdir {workdir})")
   if summary["images"]:
-    print(f"  picture:     {summary['images'][-1]}")
+    print(f"  pictures:    {summary['images'][-1]}")
+  return summary
+
+
+def run(config, workdir: str) -> dict:
+  """Runs each stage listed in config.stage ("tokenizer", "lam" or "tokenizer,lam") in order."""
+  workdir = os.path.abspath(workdir)
+  names = [s.strip() for s in config.stage.split(",") if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  if not names or unknown:
+    raise ConfigError(f"config.stage={config.stage!r} names unknown stages {unknown}; use "
+                      f"{' or '.join(STAGES)}, or a comma-separated list such as 'tokenizer,lam'")
+  ensure_dataset(config, workdir)
+  summary = {}
+  for name in names:
+    summary = run_stage(stage_config(config, name), workdir)
+    if summary["preempted"]:
+      break
   return summary
 
 

@@ -1,14 +1,24 @@
 """Multigrid at the paper's scale (Table 4, Appendix B): 128x128 frames, 32x32 grid, 4 agents.
 
-Usage: python train.py --config=configs/multigrid.py --workdir=W [--config.key=value ...]
+    python train.py --config=configs/multigrid.py:tokenizer --workdir=W     # stage 1, Sec 4.1
+    python train.py --config=configs/multigrid.py:flam --workdir=W          # stage 2, Sec 4.2
+    python train.py --config=configs/multigrid.py:lam|oc_lam|wm --workdir=W # baselines, Sec 5.2
+    python train.py --config=configs/multigrid.py:flam_gaussian --workdir=W # later version
+
+The latent action variants read the tokenizer of the same workdir (or
+`lam.tokenizer_checkpoint`) and cache its tokens in <workdir>/tokens once.
 """
 
 from ml_collections import ConfigDict
 
+VARIANTS = ("tokenizer", "flam", "lam", "oc_lam", "wm", "flam_gaussian", "flam_regression")
+
 
 def get_config(arg: str = "tokenizer") -> ConfigDict:
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown variant {arg!r} of configs/multigrid.py; use one of {VARIANTS}")
   config = ConfigDict()
-  config.stage = "tokenizer"
+  config.stage = "tokenizer" if arg == "tokenizer" else "lam"
   config.seed = 0
   config.num_train_steps = 50_000
   config.batch_size = 64  # Global, over all devices and processes: windows per step.
@@ -18,11 +28,16 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.keep_checkpoints = 3
   config.progress_bar = True
   config.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and losses.
+  # Per-stage overrides of the keys above, for configs whose `stage` lists several stages
+  # ("tokenizer,lam"): e.g. per_stage.tokenizer.num_train_steps.
+  config.per_stage = ConfigDict()
 
   config.data = ConfigDict()
   config.data.dir = ""  # Empty: <workdir>/data, generated there if missing (see data.generate).
   config.data.image_size = 128
-  config.data.window_length = 1  # Frames per example; the tokenizer trains on single frames.
+  # Frames per example: single frames for the tokenizer, sub-trajectories of 10 (Table 4)
+  # for the latent action model.
+  config.data.window_length = 1 if arg == "tokenizer" else 10
   config.data.window_stride = 1
   config.data.num_workers = 4
   config.data.prefetch_buffer_size = 4
@@ -36,12 +51,33 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.tokenizer.codebook_dim = 128
   config.tokenizer.levels = (4, 4, 4, 4, 4)  # FSQ: 1024 implicit codes.
 
+  variant = {"flam_gaussian": "flam", "flam_regression": "flam"}.get(arg, arg)
+  config.lam = ConfigDict()
+  config.lam.variant = variant if arg != "tokenizer" else "flam"  # flam | lam | oc_lam | wm
+  config.lam.tokenizer_checkpoint = ""  # Empty: <workdir>/tokenizer/checkpoints.
+  config.lam.d_model = 256
+  config.lam.num_heads = 8
+  config.lam.num_blocks = 2
+  config.lam.num_slots = 4  # K: one factor per agent.
+  config.lam.slot_iterations = 3
+  config.lam.recursive_init = True  # Sec 5.5: initialise frame t's slots from frame t-1's.
+  config.lam.temporal_attention = False  # Later version: causal attention over time in slots.
+  config.lam.slot_matching = "none"  # none | distribution | hungarian | contrastive (App. E).
+  config.lam.slot_matching_weight = 1.0
+  config.lam.action_kind = "gaussian" if arg == "flam_gaussian" else "fsq"
+  config.lam.action_levels = (2, 2)  # 4 codes per slot (Table 4, Multigrid).
+  config.lam.action_latent_dim = 0  # Gaussian: 0 means d_model / K per slot.
+  config.lam.kl_weight = 1e-3  # beta of the later version's KL term.
+  config.lam.scene_action_levels = (4, 4, 4, 4)  # LAM/OC+LAM: 256 = 4 actions ^ 4 agents.
+  config.lam.aggregator_mode = "regression" if arg == "flam_regression" else "classification"
+  config.lam.subtoken_sizes = (32, 32)  # Hierarchical sub-tokens for 1024 codes (Table 4).
+  config.lam.aggregator_blocks = 2
+  config.lam.prediction_steps = 5  # Multi-step training (Table 4).
+  config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
+
   config.optim = ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=1_000, final_lr_fraction=0.1, weight_decay=1e-4,
       grad_clip_norm=1.0, b1=0.9, b2=0.99))
 
   config.mesh = ConfigDict(dict(model_axis_size=1))
-
-  if arg not in ("tokenizer",):
-    raise ValueError(f"unknown variant {arg!r} of configs/multigrid.py; use :tokenizer")
   return config

@@ -1,23 +1,32 @@
-"""The embedded default: a small generated Multigrid, trained end to end on a laptop CPU.
+"""The embedded default: a small generated Multigrid, tokenizer then FLAM, on a laptop CPU.
 
     python train.py --config=configs/quickstart.py --workdir=workdirs/quickstart
 
-64x64 frames of an 8x8 grid with 2 agents; a small IMPALA tokenizer (8x8 patches).
-Finishes in about 10 minutes on 2 CPU cores.
+64x64 frames of an 8x8 grid with 2 agents; a small IMPALA tokenizer (8x8 = 64 patches,
+1024 FSQ codes), then FLAM with K=2 slots on sub-trajectories of 6 frames and 2
+prediction steps. The top-level training keys describe the FLAM stage; the tokenizer's
+are in per_stage.tokenizer. About 10 minutes on 2 CPU cores.
 """
+
+from ml_collections import ConfigDict
 
 from configs import multigrid
 
 
-def get_config(arg: str = "tokenizer"):
+def get_config(arg: str = "flam"):
   config = multigrid.get_config(arg)
-  config.num_train_steps = 600
-  config.batch_size = 16
-  config.log_every_steps = 50
-  config.image_every_steps = 200
-  config.checkpoint_every_steps = 200
+  config.stage = "tokenizer,lam"
+  config.num_train_steps = 300
+  config.batch_size = 8
+  config.log_every_steps = 25
+  config.image_every_steps = 150
+  config.checkpoint_every_steps = 100
+  config.per_stage.tokenizer = ConfigDict(dict(
+      num_train_steps=400, batch_size=16, data=ConfigDict(dict(window_length=1)),
+      optim=ConfigDict(dict(learning_rate=1e-3))))
 
   config.data.image_size = 64
+  config.data.window_length = 6
   config.data.num_workers = 0
   config.data.prefetch_buffer_size = 2
   config.data.generate.update(dict(num_agents=2, grid_size=8, episodes=100, episode_length=16))
@@ -25,6 +34,15 @@ def get_config(arg: str = "tokenizer"):
   config.tokenizer.encoder_channels = (16, 32, 32)
   config.tokenizer.z_channels = 32
   config.tokenizer.codebook_dim = 32
+
+  config.lam.d_model = 64
+  config.lam.num_heads = 4
+  config.lam.num_blocks = 1
+  config.lam.aggregator_blocks = 1
+  config.lam.num_slots = 2
+  config.lam.slot_iterations = 2
+  config.lam.prediction_steps = 2
+  config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
 
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 50

@@ -32,10 +32,19 @@ def _normalise(value):
   return json.loads(json.dumps(value))
 
 
+def _lookup(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
 def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str) -> None:
-  """Raises CheckpointError naming the first config key (under `keys`) that differs."""
-  saved = _flatten({k: saved_config.get(k) for k in keys})
-  current = _flatten({k: _normalise(config.to_dict().get(k)) for k in keys})
+  """Raises CheckpointError naming the first config key (under dotted `keys`) that differs."""
+  current_config = _normalise(config.to_dict())
+  saved = _flatten({k: _lookup(saved_config, k) for k in keys})
+  current = _flatten({k: _lookup(current_config, k) for k in keys})
   for name in sorted(set(saved) | set(current)):
     if _normalise(saved.get(name)) != current.get(name):
       raise CheckpointError(
@@ -90,6 +99,13 @@ class Checkpointer:
           f"checkpoint {step} in {self.directory} does not fit the current model ({first_line}); "
           "use a new --workdir or the config it was trained with") from e
     return restored.state
+
+  def restore_params(self, step: Optional[int] = None) -> Any:
+    """The saved parameters as numpy arrays, without a target structure (frozen reuse)."""
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return restored.state["params"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

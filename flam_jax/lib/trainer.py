@@ -107,7 +107,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   is_chief = jax.process_index() == 0
   local_batch_size = sharding.check_batch_size(config.batch_size, mesh)
 
-  metadata = pipeline.load_metadata(config.data.dir)
+  data_dir = getattr(stage, "data_dir", config.data.dir)  # The lam stage reads cached tokens.
+  metadata = pipeline.load_metadata(data_dir)
   pipeline.validate(metadata, image_size=config.data.image_size,
                     window_length=config.data.window_length)
   stage.validate(metadata)
@@ -116,7 +117,7 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   state = create_train_state(
       stage, config, dummy_batch(metadata, config, stage.data_fields), mesh, tx)
   data_iter = pipeline.make_iterator(
-      config.data.dir, "train", window_length=config.data.window_length,
+      data_dir, "train", window_length=config.data.window_length,
       batch_size=local_batch_size, seed=config.seed, window_stride=config.data.window_stride,
       num_workers=config.data.num_workers, prefetch_buffer_size=config.data.prefetch_buffer_size,
       fields=stage.data_fields)

@@ -1,0 +1,217 @@
+"""The latent action world model (Algorithm 1) and its baselines, in one composition.
+
+Every variant maps a window of tokenized frames to "entities", infers an action per
+transition, rolls the forward dynamics model forward on its own predictions, and maps
+predicted entities back to the next frame's tokens with the aggregator:
+
+| variant  | entities                      | action per transition                     |
+|----------|-------------------------------|-------------------------------------------|
+| `flam`   | K slots (Factorizer, Eq. 2)   | one latent action per slot (IDM, Eq. 3)   |
+| `lam`    | N patch tokens                | one scene latent action (IDM + pooling)   |
+| `oc_lam` | K slots, + reconstruction loss| one scene latent action (IDM + pooling)   |
+| `wm`     | N patch tokens                | ground-truth actions of all agents        |
+
+The IDM, FDM (Eq. 4) and aggregator are shared by all entities (no per-slot
+parameters; entities are folded into the batch). Multi-step training (Table 4): for
+each start t in [0, T-P), the FDM predicts entities t+1..t+P from its own previous
+prediction, with actions inferred from ground-truth frames; one `nn.scan` over the P
+steps, all starts in parallel.
+"""
+
+from typing import Optional, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flam_jax.modules import aggregator as aggregator_lib
+from flam_jax.modules import latent_action
+from flam_jax.modules.dynamics import ForwardDynamics, InverseDynamics, SceneActionPool
+from flam_jax.modules.slot_attention import Factorizer
+
+VARIANTS = ("flam", "lam", "oc_lam", "wm")
+FACTORED_ENTITIES = ("flam", "oc_lam")   # Entities are slots.
+SCENE_ACTIONS = ("lam", "oc_lam")        # One latent action for the whole scene.
+
+
+def rollout_indices(window_length: int, prediction_steps: int) -> np.ndarray:
+  """[P, S] transition index s + j for start s in [0, T-P) and step j in [0, P)."""
+  num_starts = window_length - prediction_steps
+  if num_starts < 1:
+    raise ValueError(f"window_length={window_length} must exceed prediction_steps="
+                     f"{prediction_steps}")
+  return np.arange(prediction_steps)[:, None] + np.arange(num_starts)[None, :]
+
+
+class _FDMStep(nn.Module):
+  """One FDM step as a scan body: carry = entities, x = actions."""
+
+  num_blocks: int
+  num_heads: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, entities_bkd, actions_bka):
+    nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, name="fdm")(
+        entities_bkd, actions_bka)
+    return nxt, nxt
+
+
+class LatentActionWorldModel(nn.Module):
+  """FLAM and its baselines. Inputs are tokenizer features and indices, never pixels."""
+
+  variant: str = "flam"
+  num_patches: int = 256
+  codebook_size: int = 1024
+  d_model: int = 256
+  num_heads: int = 8
+  num_blocks: int = 2
+  # Factorizer (flam, oc_lam).
+  num_slots: int = 4
+  slot_iterations: int = 3
+  recursive_init: bool = True
+  temporal_attention: bool = False
+  # Latent action bottleneck.
+  action_kind: str = "fsq"            # "fsq" or "gaussian".
+  action_levels: Sequence[int] = (2, 2)
+  action_latent_dim: int = 0          # Gaussian; 0 means d_model // num_slots (flam) or d_model.
+  scene_action_levels: Sequence[int] = (4, 4, 4, 4)
+  # Ground-truth actions (wm).
+  num_agents: int = 4
+  num_agent_actions: int = 4
+  # Aggregator.
+  aggregator_mode: str = "classification"  # or "regression".
+  subtoken_sizes: Sequence[int] = (32, 32)
+  aggregator_blocks: int = 2
+  feature_dim: int = 128
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown variant {self.variant!r}; use one of {VARIANTS}")
+    if self.variant in FACTORED_ENTITIES:
+      self.factorizer = Factorizer(
+          num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
+          recursive_init=self.recursive_init, temporal_attention=self.temporal_attention,
+          num_heads=self.num_heads, dtype=self.dtype)
+    else:
+      self.token_proj = nn.Dense(self.d_model, dtype=self.dtype)
+      self.token_pos = self.param("token_pos", nn.initializers.normal(0.02),
+                                  (self.num_patches, self.d_model), jnp.float32)
+    if self.variant != "wm":
+      self.idm = InverseDynamics(self.num_blocks, self.num_heads, self.dtype)
+      if self.variant in SCENE_ACTIONS:
+        self.scene_pool = SceneActionPool(self.num_heads, self.dtype)
+      self.bottleneck = latent_action.make_action_bottleneck(
+          self.action_kind, levels=self.action_bottleneck_levels,
+          latent_dim=self.action_width if self.action_kind == "gaussian" else None,
+          dtype=self.dtype)
+    self.fdm_scan = nn.scan(
+        _FDMStep, variable_broadcast="params", split_rngs={"params": False},
+        in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype)
+    if self.aggregator_mode == "classification":
+      self.aggregator = aggregator_lib.ClassificationAggregator(
+          num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
+          d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
+          dtype=self.dtype, codebook_size=self.codebook_size)
+    elif self.aggregator_mode == "regression":
+      self.aggregator = aggregator_lib.RegressionAggregator(
+          num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
+          num_blocks=self.aggregator_blocks, num_heads=self.num_heads, dtype=self.dtype)
+    else:
+      raise ValueError(f"unknown aggregator_mode {self.aggregator_mode!r}; use "
+                       "'classification' or 'regression'")
+
+  # ---- Properties used by evaluation and generation. ----
+  @property
+  def action_bottleneck_levels(self):
+    return tuple(self.scene_action_levels if self.variant in SCENE_ACTIONS else self.action_levels)
+
+  @property
+  def action_width(self) -> int:
+    if self.variant == "wm":
+      return self.num_agents * self.num_agent_actions
+    if self.action_kind == "fsq":
+      return len(self.action_bottleneck_levels)
+    if self.action_latent_dim:
+      return self.action_latent_dim
+    return self.d_model // self.num_slots if self.variant == "flam" else self.d_model
+
+  # ---- Pieces of Algorithm 1. ----
+  def entities(self, features_btnd):
+    """[B, T, N, Dz] -> (entities [B, T, K', D], slot masks [B, T, K, N] or None)."""
+    chex.assert_rank(features_btnd, 4)
+    if self.variant in FACTORED_ENTITIES:
+      return self.factorizer(features_btnd)
+    tokens = self.token_proj(features_btnd).astype(jnp.float32)
+    return tokens + self.token_pos[None, None], None
+
+  def infer_actions(self, entities_btkd, gt_actions_btm=None, *, deterministic: bool = True):
+    """Actions for the T-1 transitions: dict(actions [B, T-1, K' or 1, A], indices, kl [B])."""
+    b, t, k, d = entities_btkd.shape
+    if self.variant == "wm":
+      onehot = jax.nn.one_hot(gt_actions_btm, self.num_agent_actions, dtype=jnp.float32)
+      actions = onehot.reshape(b, t - 1, 1, self.num_agents * self.num_agent_actions)
+      return dict(actions=actions, indices=None, kl=jnp.zeros((b,), jnp.float32))
+    current = entities_btkd[:, :-1].reshape(b * (t - 1), k, d)
+    following = entities_btkd[:, 1:].reshape(b * (t - 1), k, d)
+    features = self.idm(current, following)  # [B*(T-1), K, D]
+    if self.variant in SCENE_ACTIONS:
+      features = self.scene_pool(features)  # [B*(T-1), 1, D]
+    out = self.bottleneck(features, deterministic=deterministic)
+    k_out = features.shape[1]
+    return dict(
+        actions=out["actions"].reshape(b, t - 1, k_out, -1),
+        indices=None if out.get("indices") is None else out["indices"].reshape(b, t - 1, k_out),
+        kl=out["kl"].reshape(b, t - 1).sum(axis=1))
+
+  def rollout(self, entities_0_bkd, actions_bpka):
+    """FDM rolled P steps on its own predictions: [B, K, D], [B, P, K|1, A] -> [B, P, K, D]."""
+    _, predicted_bpkd = self.fdm_scan(entities_0_bkd, actions_bpka)
+    return predicted_bpkd
+
+  def aggregate(self, entities_mkd, target_tokens_mn=None):
+    """Classification: logits (teacher-forced on the targets); regression: features [M, N, F]."""
+    if self.aggregator_mode == "classification":
+      return self.aggregator(entities_mkd, target_tokens_mn)
+    return self.aggregator(entities_mkd)
+
+  def decode_tokens(self, entities_mkd, use_cache: bool = True):
+    """Greedy autoregressive token prediction (classification mode): [M, N] indices."""
+    return self.aggregator.decode(entities_mkd, use_cache=use_cache)[0]
+
+  def __call__(self, features_btnd, tokens_btn, gt_actions_btm=None, *,
+               prediction_steps: int, deterministic: bool = True):
+    """The training forward pass. Returns a dict of everything the losses need.
+
+    features_btnd: quantized tokenizer features z_q [B, T, N, Dz];
+    tokens_btn: their codebook indices [B, T, N]; gt_actions_btm: [B, T-1, agents] (wm).
+    """
+    b, t, n, _ = features_btnd.shape
+    chex.assert_shape(tokens_btn, (b, t, n))
+    entities_btkd, masks_btkn = self.entities(features_btnd)
+    k, d = entities_btkd.shape[2:]
+    acts = self.infer_actions(entities_btkd, gt_actions_btm, deterministic=deterministic)
+
+    idx_ps = rollout_indices(t, prediction_steps)  # [P, S]: transition s + j.
+    p, s = idx_ps.shape
+    start_bskd = entities_btkd[:, :s]
+    actions_bpsma = acts["actions"][:, idx_ps]  # [B, P, S, K'|1, A]
+    actions_bs_p = jnp.moveaxis(actions_bpsma, 2, 1).reshape((b * s, p) + actions_bpsma.shape[3:])
+    predicted = self.rollout(start_bskd.reshape(b * s, k, d), actions_bs_p)  # [B*S, P, K, D]
+    predicted_mkd = predicted.reshape(b * s * p, k, d)
+    targets_bpsn = tokens_btn[:, idx_ps + 1]  # [B, P, S, N]
+    targets_mn = jnp.moveaxis(targets_bpsn, 2, 1).reshape(b * s * p, n)
+    out = dict(prediction=self.aggregate(predicted_mkd, targets_mn), targets=targets_mn,
+               target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
+                   b * s * p, n, -1),
+               kl=acts["kl"], action_indices=acts["indices"], entities=entities_btkd,
+               masks=masks_btkn, num_starts=s)
+    if self.variant == "oc_lam":
+      # Object-centric reconstruction: the slots of frame t must explain frame t's tokens.
+      out["reconstruction"] = self.aggregate(entities_btkd.reshape(b * t, k, d),
+                                             tokens_btn.reshape(b * t, n))
+      out["reconstruction_targets"] = tokens_btn.reshape(b * t, n)
+    return out
