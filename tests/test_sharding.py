@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("stage", ["tokenizer", "lam"])
 def test_sharded_step_matches_single_device(stage):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-m", "tests.sharding_check", stage], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ TINY_OVERRIDES = [
     "--config.data.image_size=32", "--config.batch_size=4", "--config.data.window_length=2",
     "--config.tokenizer.encoder_channels=(8,8)", "--config.tokenizer.z_channels=8",
     "--config.tokenizer.codebook_dim=8", "--config.tokenizer.levels=(4,4,2)",
-    "--config.optim.warmup_steps=2", "--config.log_every_steps=5", "--config.image_every_steps=1000",
+    "--config.optim.warmup_steps=2", "--config.data.num_workers=0", "--config.log_every_steps=5", "--config.image_every_steps=1000",
     "--config.progress_bar=False",
 ]
 
@@ -34,7 +34,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cmd(workdir, data_dir, *extra):
-  return [sys.executable, "train.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
+  return [sys.executable, "train.py", "--config=configs/multigrid.py:tokenizer", f"--workdir={workdir}",
           f"--config.data.dir={data_dir}", *TINY_OVERRIDES, *extra]
 
 

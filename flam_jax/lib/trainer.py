@@ -55,7 +55,7 @@ def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array
     (loss, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -1,0 +1,148 @@
+"""The latent action stage: shapes of every variant, that each learns, and its clear errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flam_jax.errors import CheckpointError, ConfigError
+from flam_jax.lib import trainer
+from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices
+from flam_jax.stages.lam import LatentActionStage, load_frozen_tokenizer
+from flam_jax.stages.tokenizer import TokenizerStage
+from tests import stage_fixtures
+
+VARIANTS = ["flam", "lam", "oc_lam", "wm", "flam_gaussian", "flam_regression"]
+
+
+def test_rollout_indices_cover_every_transition():
+  idx = rollout_indices(window_length=10, prediction_steps=5)
+  assert idx.shape == (5, 5)  # 5 steps x 5 starts.
+  np.testing.assert_array_equal(idx[0], np.arange(5))  # 1-step predictions from starts 0..4.
+  assert idx.max() == 8  # The last transition, 8 -> 9, is predicted.
+  with pytest.raises(ValueError, match="must exceed"):
+    rollout_indices(window_length=3, prediction_steps=3)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_forward_shapes(variant):
+  config, stage, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1, variant=variant)
+  params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+  features, tokens = stage.features(batch)
+  out = jax.jit(lambda p, f, t, a: stage.model.apply(
+      {"params": p}, f, t, a, prediction_steps=2, deterministic=False,
+      rngs={"action": jax.random.PRNGKey(1)}))(params, features, tokens, batch["actions"])
+  b, t, n = tokens.shape
+  s, p = t - 2, 2
+  num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_gaussian",
+                                                     "flam_regression") else n
+  assert out["entities"].shape == (b, t, num_entities, config.lam.d_model)
+  assert out["targets"].shape == (b * s * p, n)
+  if variant == "flam_regression":
+    assert out["prediction"].shape == (b * s * p, n, stage.codebook.shape[-1])
+  else:
+    assert [l.shape for l in out["prediction"]] == [(b * s * p, n, 4), (b * s * p, n, 8)]
+  if variant in ("flam", "oc_lam", "flam_regression", "lam"):
+    per_transition = config.lam.num_slots if variant != "lam" and variant != "oc_lam" else 1
+    assert out["action_indices"].shape == (b, t - 1, per_transition)
+  if variant in ("flam", "oc_lam"):
+    assert out["masks"].shape == (b, t, config.lam.num_slots, n)
+    np.testing.assert_allclose(out["masks"].sum(axis=2), 1.0, atol=1e-5)
+  if variant == "oc_lam":
+    assert "reconstruction" in out
+
+
+def test_flam_actions_take_at_most_prod_levels_values():
+  _, stage, (batch,) = stage_fixtures.make("lam", batch_size=8, num_batches=1)
+  params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+  features, _ = stage.features(batch)
+  entities, _ = stage.model.apply({"params": params}, features,
+                                  method=LatentActionWorldModel.entities)
+  acts = stage.model.apply({"params": params}, entities, method=LatentActionWorldModel.infer_actions)
+  actions = np.asarray(acts["actions"]).reshape(-1, 2)
+  assert len({tuple(a) for a in actions}) <= 4  # Multigrid: FSQ [2, 2] = 4 codes per slot.
+  assert acts["actions"].shape == (8, 3, 2, 2)
+
+
+def test_wm_uses_ground_truth_actions():
+  _, stage, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1, variant="wm")
+  params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+  assert "idm" not in params and "bottleneck" not in params
+  features, _ = stage.features(batch)
+  entities, _ = stage.model.apply({"params": params}, features,
+                                  method=LatentActionWorldModel.entities)
+  acts = stage.model.apply({"params": params}, entities, batch["actions"],
+                           method=LatentActionWorldModel.infer_actions)
+  onehot = np.asarray(acts["actions"]).reshape(2, 3, 2, 4)  # [B, T-1, agents, actions]
+  np.testing.assert_array_equal(onehot.argmax(-1), batch["actions"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loss_falls_within_a_few_dozen_steps(variant):
+  config, stage, batches = stage_fixtures.make("lam", batch_size=4, num_batches=1, variant=variant)
+  config.optim.learning_rate = 3e-3
+  config.num_train_steps = 40
+  # Learnable structure: the next frame's tokens are this frame's, shifted by one patch.
+  rng = np.random.default_rng(0)
+  first = rng.integers(0, 32, (4, 1, 16))
+  tokens = np.concatenate([np.roll(first, s, axis=-1) for s in range(4)], axis=1)
+  batch = dict(batches[0], tokens=tokens.reshape(4, 4, 4, 4).astype(np.int32))
+  from flam_jax.lib import optim, sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(1, devices=jax.devices()[:1])
+  tx = optim.make_optimizer(config.optim, config.num_train_steps)
+  state = trainer.create_train_state(stage, config, batch, mesh, tx)
+  step = trainer.jit_train_step(stage, config, mesh, tx)
+  global_batch = sharding.to_global_batch(batch, mesh)
+  losses = []
+  for _ in range(config.num_train_steps):
+    state, metrics = step(state, global_batch)
+    losses.append(float(metrics["prediction_loss"]))
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_bfloat16_compute_runs_with_float32_params():
+  config, stage, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1)
+  config.compute_dtype = "bfloat16"
+  stage = stage_fixtures.make_lam_stage(config)
+  params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  loss, _ = jax.jit(stage.loss)(params, batch, jax.random.PRNGKey(1))
+  assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
+
+
+def test_config_errors_name_the_key():
+  config = stage_fixtures.tiny_config("lam")
+  config.lam.subtoken_sizes = (4, 4)
+  with pytest.raises(ConfigError, match="subtoken_sizes"):
+    LatentActionStage.check_config(config)
+  config = stage_fixtures.tiny_config("lam")
+  config.lam.prediction_steps = 4
+  with pytest.raises(ConfigError, match="prediction_steps"):
+    LatentActionStage.check_config(config)
+
+
+def test_missing_or_mismatched_tokenizer_checkpoint(tmp_path):
+  config = stage_fixtures.tiny_config("lam")
+  with pytest.raises(CheckpointError, match="no tokenizer checkpoint"):
+    load_frozen_tokenizer(config, str(tmp_path))
+
+  # Save a real tokenizer checkpoint (2 steps), then ask for other token shapes.
+  tok_config = stage_fixtures.tiny_config("tokenizer")
+  tok_config.num_train_steps = 2
+  tok_config.checkpoint_every_steps = 2
+  tok_config.progress_bar = False
+  from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / "data")
+  multigrid.write_dataset(data_dir, multigrid.MultigridConfig(
+      grid_size=8, resolution=16, num_agents=2, episode_length=6), num_episodes=6, progress=False)
+  tok_config.data.dir = data_dir
+  tok_config.batch_size = 2
+  trainer.train(TokenizerStage(tok_config), tok_config, str(tmp_path / "tokenizer"))
+
+  tokenizer, params, _, step = load_frozen_tokenizer(config, str(tmp_path))
+  assert step == 2 and "encoder" in params
+  config.tokenizer.levels = (4, 4, 4, 4, 4)
+  with pytest.raises(CheckpointError, match="tokenizer.levels"):
+    load_frozen_tokenizer(config, str(tmp_path))
