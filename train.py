@@ -15,6 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flam_jax.errors import ConfigError, FlamError
+from flam_jax.lib.config_utils import stage_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally with :variant.",
@@ -42,30 +43,6 @@ def ensure_dataset(config, workdir: str) -> None:
 
 
 STAGES = ("tokenizer", "lam")
-
-
-def _flatten(tree, prefix=""):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
-def stage_config(config, name: str):
-  """The config one stage runs with: `config` with config.per_stage.<name> merged over it."""
-  config = config.copy_and_resolve_references()
-  overrides = config.per_stage.get(name)
-  if overrides is not None:
-    try:
-      config.update_from_flattened_dict(_flatten(overrides.to_dict()))
-    except (AttributeError, KeyError) as e:
-      raise ConfigError(f"config.per_stage.{name} names an unknown key {e}; it may only "
-                        "override keys that exist at the top level of the config") from e
-  config.stage = name
-  return config
 
 
 def make_stage(config, workdir: str):

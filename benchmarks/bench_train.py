@@ -28,11 +28,18 @@ from absl import app, flags
 
 from configs import multigrid as multigrid_config
 from configs import quickstart as quickstart_config
-from flam_jax.data import multigrid, pipeline
+from flam_jax.data import multigrid, pipeline, tokens
 from flam_jax.lib import optim, sharding, trainer
+from flam_jax.lib.config_utils import stage_config
+from flam_jax.modules.tokenizer import Tokenizer
+from flam_jax.stages.lam import LatentActionStage
+from flam_jax.stages.tokenizer import TokenizerStage, make_tokenizer
 
 _CONFIGS = flags.DEFINE_list("configs", ["quickstart", "multigrid"], "Configs to benchmark.")
-_STAGES = flags.DEFINE_list("stages", ["tokenizer"], "Stages to benchmark.")
+_STAGES = flags.DEFINE_list(
+    "stages", ["tokenizer", "flam", "lam"],
+    "What to benchmark: `tokenizer`, or a latent action variant (flam, lam, oc_lam, wm, "
+    "flam_gaussian, flam_regression) trained as the lam stage.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps (after one warm-up step).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Override the config's global batch size (0: keep).")
 _DTYPE = flags.DEFINE_string("compute_dtype", "", "Override config.compute_dtype.")
@@ -64,23 +71,35 @@ def peak_memory() -> str:
 
 
 def make_stage(config):
-  from train import make_stage as train_make_stage  # pylint: disable=g-import-not-at-top
-  return train_make_stage(config)
+  """The stage; a latent action stage gets a randomly initialised frozen tokenizer."""
+  if config.stage == "tokenizer":
+    return TokenizerStage(config)
+  tokenizer = make_tokenizer(config)
+  s = config.data.image_size
+  params = jax.jit(tokenizer.init)(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3)))["params"]
+  grid = (s // tokenizer.stride,) * 2
+  LatentActionStage.check_config(config)
+  return LatentActionStage(config, tokenizer, params, grid=grid,
+                           num_agents=config.data.generate.num_agents)
 
 
-def synthetic_batch(config, fields, num_agents):
+def synthetic_batch(config, stage):
   rng = np.random.default_rng(0)
   b, t, s = config.batch_size, config.data.window_length, config.data.image_size
+  codes = int(np.prod(config.tokenizer.levels))
   full = dict(frames=rng.integers(0, 256, (b, t, s, s, 3), dtype=np.uint8),
-              actions=rng.integers(0, 4, (b, t - 1, num_agents), dtype=np.int32))
-  return {k: full[k] for k in fields}
+              actions=rng.integers(0, 4, (b, t - 1, config.data.generate.num_agents),
+                                   dtype=np.int32))
+  if config.stage == "lam":
+    full["tokens"] = rng.integers(0, codes, (b, t) + stage.grid, dtype=np.int32)
+  return {k: full[k] for k in stage.data_fields}
 
 
 def bench_step(config) -> dict:
   stage = make_stage(config)
   mesh = sharding.make_mesh(config.mesh.model_axis_size)
   tx = optim.make_optimizer(config.optim, config.num_train_steps)
-  batch_np = synthetic_batch(config, stage.data_fields, config.data.generate.num_agents)
+  batch_np = synthetic_batch(config, stage)
   state = trainer.create_train_state(stage, config, batch_np, mesh, tx)
   batch = sharding.to_global_batch(batch_np, mesh)
   step = trainer.jit_train_step(stage, config, mesh, tx)
@@ -100,12 +119,13 @@ def bench_step(config) -> dict:
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / _STEPS.value
   frames = config.batch_size * config.data.window_length
-  return dict(compile_s=compile_s, step_ms=1e3 * step_s, train_frames_per_s=frames / step_s,
+  return stage, dict(compile_s=compile_s, step_ms=1e3 * step_s, train_frames_per_s=frames / step_s,
               flops_per_step=flops, achieved_flops_per_s=flops / step_s,
               peak_memory=peak_memory(), loss=float(metrics["loss"]))
 
 
-def bench_pipeline(config) -> float:
+def bench_pipeline(config, stage) -> float:
+  """Frames/s of the grain pipeline the stage trains from (frames, or cached tokens)."""
   gen = config.data.generate
   with tempfile.TemporaryDirectory() as tmp:
     episodes = max(10, (config.batch_size * 3) // max(gen.episode_length - config.data.window_length + 1, 1) + 10)
@@ -115,10 +135,16 @@ def bench_pipeline(config) -> float:
             episode_length=gen.episode_length, sticky_prob=gen.sticky_prob,
             wall_density=gen.wall_density),
         num_episodes=episodes, seed=0, progress=False)
+    data_dir = tmp
+    if config.stage == "lam":
+      data_dir = os.path.join(tmp, "tokens")
+      encode = jax.jit(lambda f: stage.tokenizer.apply(
+          {"params": stage.tokenizer_params}, f / 255.0, method=Tokenizer.encode)[1])
+      tokens.cache_tokens(tmp, data_dir, encode, tag={}, progress=False)
     it = pipeline.make_iterator(
-        tmp, "train", window_length=config.data.window_length, batch_size=config.batch_size,
-        seed=0, num_workers=config.data.num_workers,
-        prefetch_buffer_size=config.data.prefetch_buffer_size)
+        data_dir, "train", window_length=config.data.window_length,
+        batch_size=config.batch_size, seed=0, num_workers=config.data.num_workers,
+        prefetch_buffer_size=config.data.prefetch_buffer_size, fields=stage.data_fields)
     next(it)  # Start-up (worker processes) is not throughput.
     fps = pipeline.measure_throughput(it, _PIPELINE_BATCHES.value)
     del it
@@ -133,17 +159,18 @@ def main(argv):
   results = []
   for name in _CONFIGS.value:
     for stage_name in _STAGES.value:
-      config = CONFIG_MODULES[name].get_config(stage_name if name == "multigrid" else "tokenizer")
-      config.stage = stage_name
+      config = stage_config(CONFIG_MODULES[name].get_config(stage_name),
+                            "tokenizer" if stage_name == "tokenizer" else "lam")
       if _BATCH.value:
         config.batch_size = _BATCH.value
       if _DTYPE.value:
         config.compute_dtype = _DTYPE.value
       row = dict(config=name, stage=stage_name, batch_size=config.batch_size,
                  image_size=config.data.image_size, window=config.data.window_length)
-      row.update(bench_step(config))
+      stage, figures = bench_step(config)
+      row.update(figures)
       row["utilisation"] = row["achieved_flops_per_s"] / peak
-      row["pipeline_frames_per_s"] = bench_pipeline(config)
+      row["pipeline_frames_per_s"] = bench_pipeline(config, stage)
       row["pipeline_over_train"] = row["pipeline_frames_per_s"] / row["train_frames_per_s"]
       results.append(row)
       print(json.dumps(row), flush=True)

@@ -33,6 +33,17 @@ def test_quantize_lands_on_codebook_and_uses_every_level(levels):
     assert len(np.unique(np.asarray(codes[:, j]))) == level
 
 
+@pytest.mark.parametrize("levels", [(2, 2), (4, 4, 4), (5, 3)])
+def test_small_inputs_are_not_saturated(levels):
+  # Near z = 0 every channel must have a usable gradient and reach more than one code,
+  # else a freshly initialised bottleneck (e.g. latent actions, [2, 2]) is stuck on one code.
+  grads = jax.grad(lambda z: jnp.sum(fsq.bound(z, levels)))(jnp.zeros((1, len(levels))))
+  assert float(jnp.min(grads)) > 0.05, grads  # arctanh shift: ~0.001 for L=2.
+  z = jax.random.normal(jax.random.PRNGKey(0), (512, len(levels)))
+  codes = np.asarray(fsq.quantize(2.0 * z, levels))
+  assert all(len(np.unique(codes[:, j])) == l for j, l in enumerate(levels))
+
+
 def test_straight_through_gradient_is_the_bound_gradient():
   levels = (5, 4)
   z = jnp.array([[0.3, -0.7], [1.2, 0.1]])

@@ -16,15 +16,7 @@ import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
 from flam_jax.errors import CheckpointError
-
-
-def _flatten(d: Any, prefix: str = "") -> dict:
-  if not isinstance(d, dict):
-    return {prefix: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-  return out
+from flam_jax.lib.config_utils import flatten_dict
 
 
 def _normalise(value):
@@ -43,8 +35,8 @@ def _lookup(tree: dict, dotted: str):
 def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str) -> None:
   """Raises CheckpointError naming the first config key (under dotted `keys`) that differs."""
   current_config = _normalise(config.to_dict())
-  saved = _flatten({k: _lookup(saved_config, k) for k in keys})
-  current = _flatten({k: _lookup(current_config, k) for k in keys})
+  saved = flatten_dict({k: _lookup(saved_config, k) for k in keys})
+  current = flatten_dict({k: _lookup(current_config, k) for k in keys})
   for name in sorted(set(saved) | set(current)):
     if _normalise(saved.get(name)) != current.get(name):
       raise CheckpointError(

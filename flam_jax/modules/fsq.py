@@ -37,11 +37,16 @@ def _basis(levels: Sequence[int]) -> jnp.ndarray:
 
 
 def bound(z: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray:
-  """Squashes z[..., d] so that rounding gives exactly L_j integer values per channel."""
+  """Squashes z[..., d] so that rounding gives exactly L_j integer values per channel.
+
+  As in the FSQ reference code: half_l = (L - 1)(1 - eps) / 2, shift = tan(offset / half_l).
+  (With arctanh instead of tan, an L=2 channel starts saturated at z=0, its gradient
+  ~0.002, and a [2, 2] latent action bottleneck collapses onto one code.)
+  """
   levels_f = _levels_array(levels).astype(jnp.float32)
-  half_l = (levels_f - 1.0) * (1.0 + _EPS) / 2.0
+  half_l = (levels_f - 1.0) * (1.0 - _EPS) / 2.0
   offset = jnp.where(levels_f % 2 == 0, 0.5, 0.0)
-  shift = jnp.arctanh(offset / half_l)
+  shift = jnp.tan(offset / half_l)
   z = z.astype(jnp.float32)
   return jnp.tanh(z + shift) * half_l - offset
 
