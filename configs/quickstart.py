@@ -16,14 +16,14 @@ from configs import multigrid
 def get_config(arg: str = "flam"):
   config = multigrid.get_config(arg)
   config.stage = "tokenizer,lam"
-  config.num_train_steps = 300
+  config.num_train_steps = 1500
   config.batch_size = 8
-  config.log_every_steps = 25
-  config.image_every_steps = 150
-  config.checkpoint_every_steps = 100
+  config.log_every_steps = 50
+  config.image_every_steps = 500
+  config.checkpoint_every_steps = 500
   config.per_stage.tokenizer = ConfigDict(dict(
-      num_train_steps=400, batch_size=16, data=ConfigDict(dict(window_length=1)),
-      optim=ConfigDict(dict(learning_rate=1e-3))))
+      num_train_steps=1000, batch_size=16, data=ConfigDict(dict(window_length=1)),
+      optim=ConfigDict(dict(learning_rate=2e-3))))
 
   config.data.image_size = 64
   config.data.window_length = 6

@@ -9,12 +9,14 @@ OC+LAM's object-centric reconstruction loss, and an optional slot-matching loss 
 """
 
 import os
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from flam_jax.data import pipeline
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import checkpointing, images
@@ -59,6 +61,29 @@ def load_frozen_tokenizer(config: ConfigDict, workdir: str):
   params = ckpt.restore_params(step)
   ckpt.close()
   return make_tokenizer(config), params, path, step
+
+
+def load_trained(workdir: str, step: Optional[int] = None):
+  """(stage, params, step) of the latent action model trained in `workdir` (for eval/generate).
+
+  The stage carries the run's saved config, the frozen tokenizer and its parameters.
+  """
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, "lam", "checkpoints")
+  ckpt = checkpointing.Checkpointer(path, async_save=False) if os.path.isdir(path) else None
+  step = ckpt.latest_step() if (ckpt and step is None) else step
+  if ckpt is None or step is None:
+    raise CheckpointError(f"no latent action model checkpoint in {path}; train one with "
+                          f"`python train.py --config=<config> --workdir={workdir}`")
+  config = ConfigDict(ckpt.restore_config(step))
+  params = ckpt.restore_params(step)
+  ckpt.close()
+  tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
+  num_agents = pipeline.load_metadata(config.data.dir)["config"]["num_agents"]
+  grid = (config.data.image_size // tokenizer.stride,) * 2
+  stage = LatentActionStage(config, tokenizer, tokenizer_params, grid=grid,
+                            num_agents=num_agents, data_dir=os.path.join(workdir, "tokens"))
+  return stage, params, step
 
 
 class LatentActionStage:
