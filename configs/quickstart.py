@@ -23,7 +23,7 @@ def get_config(arg: str = "flam"):
   config.checkpoint_every_steps = 500
   config.per_stage.tokenizer = ConfigDict(dict(
       num_train_steps=1000, batch_size=16, data=ConfigDict(dict(window_length=1)),
-      optim=ConfigDict(dict(learning_rate=2e-3))))
+      optim=ConfigDict(dict(learning_rate=1e-3))))
 
   config.data.image_size = 64
   config.data.window_length = 6
