@@ -1,6 +1,5 @@
 """Tests for the classification (autoregressive) and regression aggregators (aggregator.py)."""
 
-import functools
 
 import flax.linen as nn
 import jax

@@ -1,6 +1,5 @@
 """Tests for the shared spatio-temporal IDM / FDM and the scene pooling (dynamics.py)."""
 
-import functools
 
 import flax.linen as nn
 import jax

@@ -1,6 +1,5 @@
 """Tests for the latent action bottlenecks (latent_action.py)."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
