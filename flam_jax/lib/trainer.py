@@ -90,7 +90,7 @@ def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
   state_sharding = sharding.replicated(mesh)
   return jax.jit(make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1)),
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, None), donate_argnums=(0,))
+                 out_shardings=(state_sharding, state_sharding), donate_argnums=(0,))
 
 
 def abstract_like(state: Any) -> Any:
@@ -135,7 +135,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
 
   writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
   train_step = jit_train_step(stage, config, mesh, tx)
-  visualize = jax.jit(stage.visualize_arrays)
+  # Replicated output: every process runs it (the batch is global) and can read the result.
+  visualize = jax.jit(stage.visualize_arrays, out_shardings=sharding.replicated(mesh))
 
   def next_batch():
     local = next(data_iter)
@@ -178,8 +179,9 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
         bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in stage.progress_keys})
         last_log_time, last_log_step = time.time(), step
 
-      if is_chief and (step % config.image_every_steps == 0 or step == config.num_train_steps):
-        pictures = stage.visualize(jax.device_get(visualize(state.params, batch)))
+      if step % config.image_every_steps == 0 or step == config.num_train_steps:
+        arrays = visualize(state.params, batch)
+        pictures = stage.visualize(jax.device_get(arrays)) if is_chief else {}
         for name, picture in pictures.items():
           writer.image(step, name, picture)
           summary["images"].append(images.save_png(
