@@ -42,7 +42,7 @@ def ensure_dataset(config, workdir: str) -> None:
           num_episodes=gen.episodes, seed=gen.seed)
 
 
-STAGES = ("tokenizer", "lam")
+STAGES = ("tokenizer", "lam", "eval")
 
 
 def make_stage(config, workdir: str):
@@ -57,6 +57,9 @@ def make_stage(config, workdir: str):
 
 
 def run_stage(config, workdir: str) -> dict:
+  if config.stage == "eval":  # Evaluates the model trained in workdir (flam_jax/lib/evaluator.py).
+    from flam_jax.lib import evaluator  # pylint: disable=g-import-not-at-top
+    return evaluator.run_evaluation(config, workdir)
   from flam_jax.lib import trainer  # pylint: disable=g-import-not-at-top
   stage = make_stage(config, workdir)
   summary = trainer.train(stage, config, os.path.join(workdir, stage.name))

@@ -75,6 +75,12 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.prediction_steps = 5  # Multi-step training (Table 4).
   config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
 
+  # Evaluation (`--config.stage=eval`, flam_jax/lib/evaluator.py): PSNR_t, Delta PSNR, SSIM,
+  # ARI-FG, slot-agent disentanglement and the latent action probe on a split.
+  config.eval = ConfigDict(dict(
+      split="test", batch_size=0, max_batches=0, window_stride=0, steps="", workdirs="",
+      seed=0, probe_steps=300))
+
   config.optim = ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=1_000, final_lr_fraction=0.1, weight_decay=1e-4,
       grad_clip_norm=1.0, b1=0.9, b2=0.99))

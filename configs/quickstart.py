@@ -4,7 +4,7 @@
 
 64x64 frames of an 8x8 grid with 2 agents; a small IMPALA tokenizer (8x8 = 64 patches,
 1024 FSQ codes), then FLAM with K=2 slots on sub-trajectories of 6 frames and 2
-prediction steps. The top-level training keys describe the FLAM stage; the tokenizer's
+prediction steps, then evaluation on the test split. The top-level training keys describe the FLAM stage; the tokenizer's
 are in per_stage.tokenizer. About 10 minutes on 2 CPU cores.
 """
 
@@ -15,7 +15,7 @@ from configs import multigrid
 
 def get_config(arg: str = "flam"):
   config = multigrid.get_config(arg)
-  config.stage = "tokenizer,lam"
+  config.stage = "tokenizer,lam,eval"
   config.num_train_steps = 1500
   config.batch_size = 8
   config.log_every_steps = 50
@@ -44,6 +44,7 @@ def get_config(arg: str = "flam"):
   config.lam.prediction_steps = 2
   config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
 
+  config.eval.window_stride = 2
   config.optim.learning_rate = 1e-3
   config.optim.warmup_steps = 50
   return config

@@ -1,0 +1,196 @@
+"""The evaluator: metric plumbing, the probe, end-to-end eval steps, sweeps and the eval stage.
+
+Compiles dominate: every model-level test uses the same tiny FLAM spec (the eval step is
+jit-cached on it), plus one LAM step and one 2-run sweep.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from flam_jax.data import multigrid
+from flam_jax.errors import ConfigError
+from flam_jax.lib import checkpointing, evaluator
+from tests import stage_fixtures
+
+WINDOW = 4  # stage_fixtures.tiny_config("lam").data.window_length
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("data"))
+  multigrid.write_dataset(out, multigrid.MultigridConfig(
+      grid_size=4, resolution=16, num_agents=2, episode_length=6), num_episodes=20, progress=False)
+  return out  # Test split: 2 episodes x 3 windows of 4 frames.
+
+
+@pytest.fixture(scope="module")
+def batches(data_dir):
+  return list(evaluator.dataset_batches(data_dir, "test", window_length=WINDOW, batch_size=4))
+
+
+def _random_params(init_fn, seed):
+  """Random parameters of init_fn's shapes without compiling it (XLA:CPU compiles dominate).
+
+  Traces `init_fn` abstractly, then draws every kernel/embedding from N(0, 1/fan_in),
+  with LayerNorm scales 1 and biases 0: a random model, like a fresh init.
+  """
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = str(path[-1])
+    if "scale" in name:
+      return np.ones(leaf.shape, leaf.dtype)
+    if "bias" in name:
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
+    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+_TOKENIZER = {}
+
+
+def _stage_and_params(variant, seeds=(0,)):
+  """(config, stage, [params per seed]): stage_fixtures' tiny config on a random tokenizer."""
+  from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
+  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  config = stage_fixtures.tiny_config("lam", variant)
+  tokenizer = make_tokenizer(config)
+  if "params" not in _TOKENIZER:
+    _TOKENIZER["params"] = _random_params(
+        lambda rng: tokenizer.init(rng, np.zeros((1, 16, 16, 3), np.float32))["params"], 0)
+  LatentActionStage.check_config(config)
+  stage = LatentActionStage(config, tokenizer, _TOKENIZER["params"], grid=stage_fixtures.GRID,
+                            num_agents=stage_fixtures.NUM_AGENTS)
+  example = dict(tokens=np.zeros((1, WINDOW) + stage_fixtures.GRID, np.int32),
+                 actions=np.zeros((1, WINDOW - 1, stage_fixtures.NUM_AGENTS), np.int32))
+  return config, stage, [_random_params(lambda rng: stage.init(rng, example), s) for s in seeds]
+
+
+def test_delta_psnr_on_fixed_predictions():
+  target = np.zeros((1, 2, 4, 4, 3), np.float32)
+  inferred = np.full_like(target, 0.1)  # 20 dB.
+  random = np.full_like(target, 0.2)    # 20 - 20 log10(2) dB.
+  out = evaluator.prediction_metrics(target, inferred, random)
+  np.testing.assert_allclose(out["psnr_t"], 20.0, rtol=1e-5)
+  np.testing.assert_allclose(out["delta_psnr_t"], 20 * np.log10(2.0), rtol=1e-5)
+  swapped = evaluator.prediction_metrics(target, random, inferred)
+  np.testing.assert_allclose(swapped["delta_psnr_t"], -20 * np.log10(2.0), rtol=1e-5)
+
+
+def test_dataset_batches_pad_and_label_episodes(batches):
+  assert [b["frames"].shape for b in batches] == [(4, WINDOW, 16, 16, 3)] * 2
+  np.testing.assert_array_equal(np.concatenate([b["valid"] for b in batches]), [1] * 6 + [0] * 2)
+  np.testing.assert_array_equal(batches[0]["episode"], [0, 0, 0, 1])
+  assert batches[0]["masks"].shape == (4, WINDOW, 16, 16)
+  assert batches[0]["actions"].shape == (4, WINDOW - 1, 2)
+
+
+def test_summarize_ignores_padding():
+  _, stage, _ = _stage_and_params("flam")
+  spec = evaluator.EvalSpec.from_stage(stage)
+  per_example = dict(valid=np.array([True, True, False]), episode=np.arange(3),
+                     tokenizer_psnr=np.array([10.0, 20.0, 1e9]))
+  for key in ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t"):
+    per_example[key] = np.array([[1.0, 2.0], [3.0, 4.0], [np.nan, np.nan]])
+  out = evaluator.summarize(per_example, spec)
+  assert out["num_windows"] == 2 and out["tokenizer_psnr"] == 15.0
+  assert out["psnr_t"] == [2.0, 3.0] and out["token_accuracy_t"] is None
+  assert out["ari_fg"] is None and out["probe_accuracy"] is None
+
+
+def test_probe_beats_majority_on_separable_data():
+  rng = np.random.default_rng(0)
+  labels = rng.choice(4, size=400, p=[0.55, 0.15, 0.15, 0.15])
+  x = np.eye(4)[labels] * 2.0 + rng.normal(scale=0.3, size=(400, 4))
+  out = evaluator.fit_probe(x[:200], labels[:200], x[200:], labels[200:], 4, steps=100)
+  assert out["accuracy"] > 0.95 and out["majority"] < 0.7
+
+  # Per-agent blocks: agent 1's latent code is its action shifted by one; split by episode.
+  _, stage, _ = _stage_and_params("flam")
+  spec = evaluator.EvalSpec.from_stage(stage)
+  m = 40
+  actions = rng.integers(0, 4, (m, 3, 2))
+  codes = (actions + np.array([0, 1])) % 4  # FSQ [2, 2]: 4 codes.
+  ex = dict(probe_latent=np.zeros((m, 3, 2, 2), np.float32), probe_code=codes,
+            probe_valid=np.ones((m, 3, 2), bool), probe_label=actions,
+            episode=np.repeat(np.arange(4), m // 4))
+  probe = evaluator.probe_latent_actions(ex, spec, steps=100)
+  assert probe["accuracy"] == 1.0 and probe["majority"] < 0.5
+  assert probe["train_pairs"] == probe["test_pairs"] == m // 2 * 6
+
+
+@pytest.mark.parametrize("variant", ["flam", "lam"])
+def test_eval_step_end_to_end(variant, batches):
+  config, stage, (params,) = _stage_and_params(variant)
+  out = evaluator.Evaluator(stage).evaluate(params, batches)
+  p = config.lam.prediction_steps
+  assert out["num_windows"] == 6 and out["variant"] == variant
+  for key in ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t"):
+    assert len(out[key]) == p and np.all(np.isfinite(out[key])), key
+  np.testing.assert_allclose(out["delta_psnr_t"],
+                             np.subtract(out["psnr_t"], out["psnr_random_t"]), atol=1e-4)
+  assert all(-1.0 <= s <= 1.0 for s in out["ssim_t"])
+  assert np.isfinite(out["tokenizer_psnr"])
+  assert 0.0 <= out["probe_accuracy"] <= 1.0 and 0.0 <= out["probe_majority"] <= 1.0
+  if variant == "flam":
+    assert -1.0 <= out["ari_fg"] <= 1.0
+    assert 1.0 / config.lam.num_slots - 1e-6 <= out["disentanglement"] <= 1.0
+  else:
+    assert out["ari_fg"] is None and out["disentanglement"] is None
+
+
+def test_sweep_equals_separate_evaluations(batches):
+  _, stage, params = _stage_and_params("flam", seeds=(0, 1))
+  ev = evaluator.Evaluator(stage)
+  swept = ev.evaluate_sweep(params, batches)
+  separate = [ev.evaluate(p, batches) for p in params]
+  assert swept[0]["psnr_t"] != swept[1]["psnr_t"]  # Two different models.
+  for a, b in zip(swept, separate):
+    for key in ("psnr_t", "ssim_t", "delta_psnr_t", "token_accuracy_t", "tokenizer_psnr",
+                "ari_fg", "disentanglement", "probe_accuracy", "probe_majority"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def _save(directory, step, params, config):
+  ckpt = checkpointing.Checkpointer(directory, async_save=False)
+  ckpt.save(step, dict(params=params), None, config)
+  ckpt.wait()
+  ckpt.close()
+
+
+def test_eval_stage_through_train_py(tmp_path, data_dir):
+  import train  # pylint: disable=g-import-not-at-top
+  config, stage, params = _stage_and_params("flam", seeds=(0, 1))
+  workdir = str(tmp_path / "run")
+  tok_config = stage_fixtures.tiny_config("tokenizer")
+  _save(os.path.join(workdir, "tokenizer", "checkpoints"), 5, stage.tokenizer_params, tok_config)
+  config = config.copy_and_resolve_references()
+  config.data.dir = data_dir
+  for step, p in zip((1, 2), params):
+    _save(os.path.join(workdir, "lam", "checkpoints"), step, p, config)
+
+  config.stage = "eval"
+  config.eval = ConfigDict(dict(batch_size=4))
+  single = train.run(config, workdir)
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 2 and saved["num_windows"] == 6 and not single["preempted"]
+  assert saved["psnr_t"] == pytest.approx(single["psnr_t"])
+  assert "| PSNR t=1 |" in single["table"] and "| ARI-FG |" in single["table"]
+
+  config.eval.steps = "1,2"
+  swept = train.run(config, workdir)
+  assert [r["step"] for r in swept["runs"]] == [1, 2]
+  assert swept["runs"][1]["psnr_t"] == pytest.approx(single["psnr_t"], abs=1e-4)
+
+  config.eval.spelling_mistake = 1
+  with pytest.raises(ConfigError, match="spelling_mistake"):
+    train.run(config, workdir)
