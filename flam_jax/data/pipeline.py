@@ -401,7 +401,8 @@ def measure_throughput(iterator: Iterator[dict[str, np.ndarray]],
                        warmup: int = 1) -> float:
   """Frames per second (batch * window frames) over num_batches batches.
 
-  The first `warmup` batches are drawn untimed (worker start-up, file opens).
+  Frames are counted on `frames`, or on `tokens` for a token-cache dataset. The first
+  `warmup` batches are drawn untimed (worker start-up, file opens).
   """
   for _ in range(warmup):
     next(iterator)
@@ -409,5 +410,5 @@ def measure_throughput(iterator: Iterator[dict[str, np.ndarray]],
   start = time.perf_counter()
   for _ in range(num_batches):
     batch = next(iterator)
-    frames += int(np.prod(batch["frames"].shape[:2]))
+    frames += int(np.prod(batch["frames" if "frames" in batch else "tokens"].shape[:2]))
   return frames / max(time.perf_counter() - start, 1e-9)
