@@ -176,7 +176,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
                             learning_rate=float(optim.make_schedule(
                                 config.optim, config.num_train_steps)(step)))
         writer.scalars(step, last_metrics)
-        bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in stage.progress_keys})
+        bar.set_postfix({k: f"{last_metrics[k]:.4g}" for k in stage.progress_keys
+                         if k in last_metrics})  # Regression mode has no token accuracy.
         last_log_time, last_log_step = time.time(), step
 
       if step % config.image_every_steps == 0 or step == config.num_train_steps:
