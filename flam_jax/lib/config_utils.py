@@ -26,10 +26,12 @@ def stage_config(config: ConfigDict, name: str) -> ConfigDict:
   config = config.copy_and_resolve_references()
   overrides = config.per_stage.get(name) if "per_stage" in config else None
   if overrides is not None:
-    try:
-      config.update_from_flattened_dict(flatten_dict(overrides.to_dict()))
-    except (AttributeError, KeyError) as e:
-      raise ConfigError(f"config.per_stage.{name} names an unknown key {e}; it may only "
-                        "override keys that exist at the top level of the config") from e
+    flat = flatten_dict(overrides.to_dict())
+    known = flatten_dict(config.to_dict())
+    unknown = sorted(k for k in flat if k not in known)
+    if unknown:  # update_from_flattened_dict would silently add them.
+      raise ConfigError(f"config.per_stage.{name} names unknown keys {unknown}; it may only "
+                        "override keys that exist at the top level of the config")
+    config.update_from_flattened_dict(flat)
   config.stage = name
   return config
