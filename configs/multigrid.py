@@ -41,9 +41,11 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.data.window_stride = 1
   config.data.num_workers = 4
   config.data.prefetch_buffer_size = 4
+  # wall_density 0: an empty room inside the wall ring, as the paper's Minari
+  # `empty-agent_K` splits (Appendix B); raise it for cluttered rooms.
   config.data.generate = ConfigDict(dict(
       enabled=True, num_agents=4, grid_size=32, episodes=2_000, episode_length=32,
-      sticky_prob=0.5, wall_density=0.05, seed=0))
+      sticky_prob=0.5, wall_density=0.0, seed=0))
 
   config.tokenizer = ConfigDict()
   config.tokenizer.encoder_channels = (64, 128, 128)  # IMPALA stages: 128 px -> 16x16 patches.
