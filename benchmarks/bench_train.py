@@ -10,6 +10,11 @@ times `--steps` steps on synthetic batches of the config's shapes, and reports
     FLOP/s of a large matmul measured in the same run on the same device (utilisation),
   - input-pipeline frames/s from grain over a generated dataset of the config's shapes.
 Figures are measured, never asserted. `--batch_size` overrides the config (useful on CPU).
+
+`--memory_only` compiles the step without running it and reports XLA's buffer assignment
+(temporaries and arguments, `compiled.memory_analysis()`): how a config at the paper's
+size fits a device, checked from a CPU host (XLA:GPU assigns buffers differently; treat the
+CPU figure as an estimate).
 """
 
 import json
@@ -45,6 +50,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Override the config's global bat
 _DTYPE = flags.DEFINE_string("compute_dtype", "", "Override config.compute_dtype.")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline.")
 _OUT = flags.DEFINE_string("out", "", "Optional JSON file for the results.")
+_REMAT = flags.DEFINE_enum("remat", "config", ["config", "true", "false"],
+                           "Override config.lam.remat (latent action stages).")
+_MEMORY_ONLY = flags.DEFINE_bool("memory_only", False,
+                                 "Compile only; report XLA's temporary and argument bytes.")
 
 CONFIG_MODULES = {"quickstart": quickstart_config, "multigrid": multigrid_config}
 
@@ -110,6 +119,11 @@ def bench_step(config) -> dict:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  memory = compiled.memory_analysis()
+  xla_memory = dict(temp_gib=memory.temp_size_in_bytes / 2**30,
+                    argument_gib=memory.argument_size_in_bytes / 2**30) if memory else {}
+  if _MEMORY_ONLY.value:
+    return stage, dict(compile_s=compile_s, flops_per_step=flops, **xla_memory)
 
   state, metrics = compiled(state, batch)  # Warm-up.
   jax.block_until_ready(metrics)
@@ -121,7 +135,7 @@ def bench_step(config) -> dict:
   frames = config.batch_size * config.data.window_length
   return stage, dict(compile_s=compile_s, step_ms=1e3 * step_s, train_frames_per_s=frames / step_s,
               flops_per_step=flops, achieved_flops_per_s=flops / step_s,
-              peak_memory=peak_memory(), loss=float(metrics["loss"]))
+              peak_memory=peak_memory(), loss=float(metrics["loss"]), **xla_memory)
 
 
 def bench_pipeline(config, stage) -> float:
@@ -165,15 +179,38 @@ def main(argv):
         config.batch_size = _BATCH.value
       if _DTYPE.value:
         config.compute_dtype = _DTYPE.value
+      if _REMAT.value != "config":
+        config.lam.remat = _REMAT.value == "true"
       row = dict(config=name, stage=stage_name, batch_size=config.batch_size,
-                 image_size=config.data.image_size, window=config.data.window_length)
+                 image_size=config.data.image_size, window=config.data.window_length,
+                 compute_dtype=config.compute_dtype,
+                 remat=bool(config.lam.remat) and stage_name != "tokenizer")
       stage, figures = bench_step(config)
       row.update(figures)
+      if _MEMORY_ONLY.value:
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        continue
       row["utilisation"] = row["achieved_flops_per_s"] / peak
       row["pipeline_frames_per_s"] = bench_pipeline(config, stage)
       row["pipeline_over_train"] = row["pipeline_frames_per_s"] / row["train_frames_per_s"]
       results.append(row)
       print(json.dumps(row), flush=True)
+  if _MEMORY_ONLY.value:
+    print("\n| config | stage | batch | dtype | remat | XLA temporaries | arguments | GFLOP/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+      print(f"| {r['config']} | {r['stage']} | {r['batch_size']} | {r['compute_dtype']} | "
+            f"{r['remat']} | {r.get('temp_gib', float('nan')):.2f} GiB | "
+            f"{r.get('argument_gib', float('nan')):.2f} GiB | {r['flops_per_step'] / 1e9:.0f} |")
+  else:
+    _print_timing_table(results)
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(dict(matmul_peak_flops=peak, results=results), f, indent=2)
+
+
+def _print_timing_table(results):
   print("\n| config | stage | batch | train frames/s | pipeline frames/s | pipeline/train | "
         "compile s | GFLOP/step | utilisation | peak memory |")
   print("|---|---|---|---|---|---|---|---|---|---|")
@@ -181,9 +218,6 @@ def main(argv):
     print(f"| {r['config']} | {r['stage']} | {r['batch_size']} | {r['train_frames_per_s']:.1f} | "
           f"{r['pipeline_frames_per_s']:.0f} | {r['pipeline_over_train']:.1f}x | {r['compile_s']:.1f} | "
           f"{r['flops_per_step'] / 1e9:.2f} | {100 * r['utilisation']:.1f}% | {r['peak_memory']} |")
-  if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(dict(matmul_peak_flops=peak, results=results), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.subtoken_sizes = (32, 32)  # Hierarchical sub-tokens for 1024 codes (Table 4).
   config.lam.aggregator_blocks = 2
   config.lam.prediction_steps = 5  # Multi-step training (Table 4).
+  # Rematerialise the IDM/FDM/aggregator blocks: ~1/3 more FLOPs for far less memory.
+  # LAM at Table 4's size keeps [P, B*S, heads, N, N] attention weights per block
+  # otherwise (benchmarks/RESULTS.md: 23.9 GiB of temporaries at batch 8 without it).
+  config.lam.remat = True
   config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
 
   # Evaluation (`--config.stage=eval`, flam_jax/lib/evaluator.py): PSNR_t, Delta PSNR, SSIM,

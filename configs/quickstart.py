@@ -42,6 +42,7 @@ def get_config(arg: str = "flam"):
   config.lam.num_slots = 2
   config.lam.slot_iterations = 2
   config.lam.prediction_steps = 2
+  config.lam.remat = False  # Small enough to keep activations; faster on a CPU.
   config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
 
   config.eval.window_stride = 2

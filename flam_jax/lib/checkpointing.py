@@ -32,12 +32,17 @@ def _lookup(tree: dict, dotted: str):
   return tree
 
 
-def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str) -> None:
-  """Raises CheckpointError naming the first config key (under dotted `keys`) that differs."""
+def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str,
+                     ignored: Iterable[str] = ()) -> None:
+  """Raises CheckpointError naming the first config key (under dotted `keys`) that differs.
+
+  `ignored`: dotted keys that change how a step runs but not what it computes (e.g.
+  lam.remat), so a run may resume with them changed or missing from an older checkpoint.
+  """
   current_config = _normalise(config.to_dict())
   saved = flatten_dict({k: _lookup(saved_config, k) for k in keys})
   current = flatten_dict({k: _lookup(current_config, k) for k in keys})
-  for name in sorted(set(saved) | set(current)):
+  for name in sorted((set(saved) | set(current)) - set(ignored)):
     if _normalise(saved.get(name)) != current.get(name):
       raise CheckpointError(
           f"checkpoint in {where} was written with config.{name}={saved.get(name)!r} but the "

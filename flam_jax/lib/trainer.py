@@ -127,7 +127,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   start_step = ckpt.latest_step()
   if start_step is not None:
     checkpointing.check_compatible(ckpt.restore_config(start_step), config,
-                                   stage.checkpoint_keys, ckpt.directory)
+                                   stage.checkpoint_keys, ckpt.directory,
+                                   ignored=getattr(stage, "checkpoint_ignored_keys", ()))
     state = ckpt.restore(abstract_like(state), data_iter, start_step)
     if is_chief:
       print(f"Resumed from {ckpt.directory} at step {start_step}", flush=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from flam_jax.modules.transformer import CrossAttentionBlock
 from flam_jax.modules.transformer import SelfAttentionBlock
+from flam_jax.modules.transformer import maybe_remat
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
@@ -103,6 +104,7 @@ class ClassificationAggregator(nn.Module):
   dtype: jnp.dtype = jnp.float32
   codebook_size: int = 0  # C; if > 0 it must equal prod(subtoken_sizes).
   mlp_ratio: float = 4.0
+  remat: bool = False  # Teacher forcing: recompute block activations in the backward pass.
 
   def _check_config(self):
     sizes = tuple(int(s) for s in self.subtoken_sizes)
@@ -140,11 +142,12 @@ class ClassificationAggregator(nn.Module):
     x_bld = x_bld + pos_nd[positions_l][None]
 
     mask = None if decode else nn.make_causal_mask(jnp.zeros((b, l), jnp.int32))
+    remat = self.remat and not decode  # Decoding takes no gradients.
     for i in range(self.num_blocks):
-      x_bld = SelfAttentionBlock(
+      x_bld = maybe_remat(SelfAttentionBlock, remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          decode=decode, name=f"self_{i}")(x_bld, mask=mask)
-      x_bld = CrossAttentionBlock(
+          decode=decode, name=f"self_{i}")(x_bld, mask)
+      x_bld = maybe_remat(CrossAttentionBlock, remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"cross_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
@@ -258,6 +261,7 @@ class RegressionAggregator(nn.Module):
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
+  remat: bool = False  # Recompute block activations in the backward pass (memory).
 
   @nn.compact
   def __call__(self, slots_bkd: jnp.ndarray) -> jnp.ndarray:
@@ -269,10 +273,10 @@ class RegressionAggregator(nn.Module):
     pos_nd = self.param("pos_embed", _EMBED_INIT, (n, self.d_model), jnp.float32)
     x_bnd = jnp.broadcast_to(query_d + pos_nd, (b, n, self.d_model))
     for i in range(self.num_blocks):
-      x_bnd = SelfAttentionBlock(
+      x_bnd = maybe_remat(SelfAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"self_{i}")(x_bnd)
-      x_bnd = CrossAttentionBlock(
+      x_bnd = maybe_remat(CrossAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"cross_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from flam_jax.modules.transformer import CrossAttentionBlock
 from flam_jax.modules.transformer import SelfAttentionBlock
+from flam_jax.modules.transformer import maybe_remat
 
 
 def _temporal_context(first_bkd: jnp.ndarray, second_bkd: jnp.ndarray) -> jnp.ndarray:
@@ -42,6 +43,7 @@ class InverseDynamics(nn.Module):
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
+  remat: bool = False  # Recompute block activations in the backward pass (memory).
 
   @nn.compact
   def __call__(self, slots_t_bkd: jnp.ndarray, slots_tp1_bkd: jnp.ndarray) -> jnp.ndarray:
@@ -50,11 +52,11 @@ class InverseDynamics(nn.Module):
     x_bkd = slots_t_bkd  # Spatial stream, frame t.
     q_bkd = slots_tp1_bkd  # Query stream, frame t+1.
     for i in range(self.num_blocks):
-      x_bkd = SelfAttentionBlock(
+      x_bkd = maybe_remat(SelfAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"spatial_{i}")(x_bkd)
       context_bk2d = _temporal_context(x_bkd, q_bkd)
-      q_bk1d = CrossAttentionBlock(
+      q_bk1d = maybe_remat(CrossAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"temporal_{i}")(q_bkd[:, :, None, :], context_bk2d)
       q_bkd = q_bk1d[:, :, 0, :]
@@ -78,6 +80,7 @@ class ForwardDynamics(nn.Module):
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
+  remat: bool = False  # Recompute block activations in the backward pass (memory).
 
   @nn.compact
   def __call__(self, slots_t_bkd: jnp.ndarray, actions_bka: jnp.ndarray) -> jnp.ndarray:
@@ -91,11 +94,11 @@ class ForwardDynamics(nn.Module):
     act_bkd = jnp.broadcast_to(act_bkd, (b, k, d)).astype(slots_t_bkd.dtype)
     x_bkd = slots_t_bkd
     for i in range(self.num_blocks):
-      x_bkd = SelfAttentionBlock(
+      x_bkd = maybe_remat(SelfAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"spatial_{i}")(x_bkd)
       context_bk2d = _temporal_context(x_bkd, act_bkd)
-      x_bk1d = CrossAttentionBlock(
+      x_bk1d = maybe_remat(CrossAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"temporal_{i}")(x_bkd[:, :, None, :], context_bk2d)
       x_bkd = x_bk1d[:, :, 0, :]

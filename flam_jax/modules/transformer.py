@@ -5,7 +5,7 @@ float32 (`param_dtype`), so mixed precision is one config switch. LayerNorms and
 softmaxes run in float32 for stability.
 """
 
-from typing import Optional
+from typing import Optional, Type
 
 import jax.numpy as jnp
 import flax.linen as nn
@@ -43,6 +43,15 @@ class SelfAttentionBlock(nn.Module):
     h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
     h = MLP(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
     return x + h.astype(x.dtype)
+
+
+def maybe_remat(block_cls: Type[nn.Module], remat: bool) -> Type[nn.Module]:
+  """`block_cls`, rematerialised if `remat` (nn.remat: the backward pass recomputes the
+  block's activations, e.g. its [.., heads, q, k] attention weights, instead of keeping
+  them). Parameter names and values are unchanged, so checkpoints are interchangeable.
+  Call the block with positional arguments only (nn.remat's limitation).
+  """
+  return nn.remat(block_cls) if remat else block_cls
 
 
 class CrossAttentionBlock(nn.Module):

@@ -51,10 +51,12 @@ class _FDMStep(nn.Module):
   num_blocks: int
   num_heads: int
   dtype: jnp.dtype
+  remat: bool = False
 
   @nn.compact
   def __call__(self, entities_bkd, actions_bka):
-    nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, name="fdm")(
+    nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat,
+                          name="fdm")(
         entities_bkd, actions_bka)
     return nxt, nxt
 
@@ -87,6 +89,9 @@ class LatentActionWorldModel(nn.Module):
   aggregator_blocks: int = 2
   feature_dim: int = 128
   dtype: jnp.dtype = jnp.float32
+  # Rematerialise the IDM, FDM and aggregator blocks: their attention weights over N
+  # patch entities ([.., heads, N, N] per rollout step) dominate LAM's memory.
+  remat: bool = False
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -101,7 +106,7 @@ class LatentActionWorldModel(nn.Module):
       self.token_pos = self.param("token_pos", nn.initializers.normal(0.02),
                                   (self.num_patches, self.d_model), jnp.float32)
     if self.variant != "wm":
-      self.idm = InverseDynamics(self.num_blocks, self.num_heads, self.dtype)
+      self.idm = InverseDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat)
       if self.variant in SCENE_ACTIONS:
         self.scene_pool = SceneActionPool(self.num_heads, self.dtype)
       self.bottleneck = latent_action.make_action_bottleneck(
@@ -110,16 +115,17 @@ class LatentActionWorldModel(nn.Module):
           dtype=self.dtype)
     self.fdm_scan = nn.scan(
         _FDMStep, variable_broadcast="params", split_rngs={"params": False},
-        in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype)
+        in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype, self.remat)
     if self.aggregator_mode == "classification":
       self.aggregator = aggregator_lib.ClassificationAggregator(
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
           d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
-          dtype=self.dtype, codebook_size=self.codebook_size)
+          dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat)
     elif self.aggregator_mode == "regression":
       self.aggregator = aggregator_lib.RegressionAggregator(
           num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
-          num_blocks=self.aggregator_blocks, num_heads=self.num_heads, dtype=self.dtype)
+          num_blocks=self.aggregator_blocks, num_heads=self.num_heads, dtype=self.dtype,
+          remat=self.remat)
     else:
       raise ValueError(f"unknown aggregator_mode {self.aggregator_mode!r}; use "
                        "'classification' or 'regression'")

@@ -92,6 +92,7 @@ class LatentActionStage:
   name = "lam"
   data_fields = ("tokens", "actions")
   checkpoint_keys = ("stage", "lam", "tokenizer", "data.image_size", "data.window_length")
+  checkpoint_ignored_keys = ("lam.remat",)  # Memory/compute trade-off, same function.
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
@@ -119,7 +120,8 @@ class LatentActionStage:
         scene_action_levels=tuple(lam.scene_action_levels), num_agents=self.num_agents,
         aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
         aggregator_blocks=lam.aggregator_blocks, feature_dim=self.codebook.shape[-1],
-        dtype=compute_dtype(config))
+        dtype=compute_dtype(config),
+        remat=bool(lam.get("remat", False)))  # Older runs' saved configs lack the key.
 
   @staticmethod
   def check_config(config: ConfigDict) -> None:

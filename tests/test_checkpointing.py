@@ -1,0 +1,27 @@
+"""checkpointing.check_compatible: which config changes a checkpoint refuses."""
+
+import pytest
+from ml_collections import ConfigDict
+
+from flam_jax.errors import CheckpointError
+from flam_jax.lib import checkpointing
+
+
+def _config(**lam):
+  return ConfigDict(dict(stage="lam", lam=dict(dict(d_model=64, remat=True), **lam)))
+
+
+def test_a_changed_model_key_is_named():
+  saved = _config().to_dict()
+  with pytest.raises(CheckpointError, match=r"config\.lam\.d_model=64 .* now has 32"):
+    checkpointing.check_compatible(saved, _config(d_model=32), ("stage", "lam"), "/ckpt")
+
+
+def test_ignored_keys_may_change_or_be_missing_from_older_checkpoints():
+  saved = _config().to_dict()
+  older = dict(saved, lam={"d_model": 64})  # Written before lam.remat existed.
+  for checkpoint_config in (saved, older):
+    checkpointing.check_compatible(checkpoint_config, _config(remat=False), ("stage", "lam"),
+                                   "/ckpt", ignored=("lam.remat",))
+  with pytest.raises(CheckpointError, match="lam.remat"):
+    checkpointing.check_compatible(older, _config(), ("stage", "lam"), "/ckpt")
