@@ -64,26 +64,12 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
       ["PSNR t=1", f"PSNR t={p}"],
       [(titles[label], [stats[label][k]["mean"] for k in ("psnr_t@1", "psnr_t@P")],
         [stats[label][k]["std"] for k in ("psnr_t@1", "psnr_t@P")]) for label in CONFIGS])
-  if plot:
-    lines += [f"![Aggregation]({os.path.basename(plot)})", ""]
-  markdown = "\n".join(lines)
-  experiment.write(markdown, dict(
+  return experiment.write(lines, dict(
       table="aggregation", num_agents=n, seeds=list(seeds), configs=titles, stats=stats,
-      per_seed=metrics, claims=claims), runs)
-  return markdown
-
-
-def main(argv):
-  del argv
-
-  def body():
-    experiment, seeds = common.experiment_from_flags("aggregation")
-    runs = make_runs(experiment.setting.table1_agents, seeds)
-    metrics = experiment.run_all(runs)
-    report(experiment, runs, metrics, seeds)
-
-  common.main_wrapper(body)
+      per_seed=metrics, claims=claims), runs, [("Aggregation", plot)])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.script_main(
+      "aggregation", lambda experiment, seeds: make_runs(experiment.setting.table1_agents, seeds),
+      report))

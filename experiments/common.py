@@ -89,7 +89,7 @@ _SETTINGS = {
             "num_train_steps": 600, "batch_size": 8, "optim.learning_rate": 1e-3,
             "data.window_length": 6, "lam.d_model": 64, "lam.num_heads": 4,
             "lam.num_blocks": 1, "lam.aggregator_blocks": 1, "lam.slot_iterations": 2,
-            "lam.prediction_steps": 2,
+            "lam.prediction_steps": 2, "lam.remat": False,
         },
         eval={"batch_size": 32, "probe_steps": 300}),
     # Test-only: 16 px frames of a 4x4 grid, a handful of episodes, 2-3 steps a stage.
@@ -108,7 +108,7 @@ _SETTINGS = {
         lam={
             "num_train_steps": 2, "batch_size": 4, "data.window_length": 4,
             "lam.d_model": 16, "lam.num_heads": 2, "lam.num_blocks": 1,
-            "lam.aggregator_blocks": 1, "lam.slot_iterations": 1, "lam.prediction_steps": 2,
+            "lam.aggregator_blocks": 1, "lam.slot_iterations": 1, "lam.prediction_steps": 2, "lam.remat": False,
             "lam.subtoken_sizes": (4, 8),
         },
         eval={"batch_size": 4, "max_batches": 1, "probe_steps": 10},
@@ -352,8 +352,18 @@ class Experiment:
     return metrics
 
   # -- Outputs. --
-  def write(self, markdown: str, payload: Dict[str, Any], runs: Sequence[Run] = ()) -> str:
-    """Writes results.md / results.json under the setting's folder and copies them to root."""
+  def write(self, lines: List[str], payload: Dict[str, Any], runs: Sequence[Run] = (),
+            plots: Sequence[Tuple[str, Optional[str]]] = ()) -> str:
+    """Writes results.md / results.json under the setting's folder and copies them to root.
+
+    `lines`: the markdown, one entry a line; `plots`: (alt text, PNG path or None when
+    matplotlib-free plotting was skipped) linked below it. Returns the markdown.
+    """
+    lines = list(lines)
+    for alt, path in plots:
+      if path:
+        lines += [f"![{alt}]({os.path.basename(path)})", ""]
+    markdown = "\n".join(lines)
     payload = dict(payload, experiment=self.name, setting=self.setting.name,
                    steps_scale=self.steps_scale, hardware=hardware(), timings=self.timings,
                    settings=settings_summary(self.setting, self.steps_scale),
@@ -366,7 +376,7 @@ class Experiment:
       shutil.copyfile(os.path.join(self.out_dir, name), os.path.join(self.root, name))
     print("\n" + markdown, flush=True)
     print(f"[{self.name}] wrote {md_path} and results.json (copies in {self.root})", flush=True)
-    return md_path
+    return markdown
 
   def run_info(self, runs: Sequence[Run]) -> Dict[str, Any]:
     """{group/seedK: training time and steps} of every run, from experiment_run.json."""
@@ -723,15 +733,26 @@ def experiment_from_flags(name: str) -> Tuple[Experiment, List[int]]:
   return experiment, parse_seeds(f.seeds)
 
 
-def main_wrapper(body: Callable[[], Any]) -> None:
-  """Quiet logs, one-line errors for mistakes a user can make (exit status 2)."""
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and grain are chatty at INFO.
-  try:
-    body()
-  except FlamError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+def script_main(name: str, make_runs: Callable[[Experiment, List[int]], List[Run]],
+                report: Callable[..., str]) -> Callable[[Sequence[str]], None]:
+  """The absl `main` of an experiment script: train and evaluate `make_runs`, then `report`.
+
+  `report(experiment, runs, metrics, seeds)` writes the results. Logs are quiet and the
+  mistakes a user can make end in a one-line error (exit status 2).
+  """
+  def main(argv: Sequence[str]) -> None:
+    del argv
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)  # Orbax and grain are chatty at INFO.
+    try:
+      experiment, seeds = experiment_from_flags(name)
+      runs = make_runs(experiment, seeds)
+      metrics = experiment.run_all(runs)
+      report(experiment, runs, metrics, seeds)
+    except FlamError as e:
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  return main
 
 
 # ---- Claims. ----

@@ -79,26 +79,12 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
       "PSNR t=1 (dB)", [titles[label].replace(" loss", "") for label in CONFIGS],
       [("PSNR t=1", [stats[label]["psnr_t@1"]["mean"] for label in CONFIGS],
         [stats[label]["psnr_t@1"]["std"] for label in CONFIGS])], width=900)
-  if plot:
-    lines += [f"![Slot init]({os.path.basename(plot)})", ""]
-  markdown = "\n".join(lines)
-  experiment.write(markdown, dict(
+  return experiment.write(lines, dict(
       table="slot_init", num_agents=n, seeds=list(seeds), configs=titles, stats=stats,
-      per_seed=metrics, claims=claims), runs)
-  return markdown
-
-
-def main(argv):
-  del argv
-
-  def body():
-    experiment, seeds = common.experiment_from_flags("slot_init")
-    runs = make_runs(experiment.setting.table1_agents, seeds)
-    metrics = experiment.run_all(runs)
-    report(experiment, runs, metrics, seeds)
-
-  common.main_wrapper(body)
+      per_seed=metrics, claims=claims), runs, [("Slot init", plot)])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.script_main(
+      "slot_init", lambda experiment, seeds: make_runs(experiment.setting.table1_agents, seeds),
+      report))

@@ -79,35 +79,22 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
       "## Claims", "",
       common.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
   ]
+  plots = []
   for name, keys, labels in (("table1_psnr", ("psnr_t@1", "psnr_t@P"), ("t=1", f"t={p}")),
                              ("table1_delta_psnr", ("delta_psnr_t@1", "delta_psnr_t@P"),
                               ("t=1", f"t={p}"))):
-    plot = common.bar_plot(
+    plots.append((name, common.bar_plot(
         os.path.join(experiment.out_dir, f"{name}.png"),
         f"Table 1: {'PSNR' if name == 'table1_psnr' else 'Δ PSNR'}, Multigrid, {n} agents",
         "dB", labels, [(common.VARIANT_TITLES[v], [stats[v][k]["mean"] for k in keys],
-                        [stats[v][k]["std"] for k in keys]) for v in VARIANTS])
-    if plot:
-      lines += [f"![{name}]({os.path.basename(plot)})", ""]
-  markdown = "\n".join(lines)
-  experiment.write(markdown, dict(
+                        [stats[v][k]["std"] for k in keys]) for v in VARIANTS])))
+  return experiment.write(lines, dict(
       table="table1", num_agents=n, seeds=list(seeds), variants=list(VARIANTS),
       paper=dict(psnr=PAPER_PSNR, delta_psnr=PAPER_DELTA_PSNR), stats=stats,
-      per_seed=metrics, claims=claims), runs)
-  return markdown
-
-
-def main(argv):
-  del argv
-
-  def body():
-    experiment, seeds = common.experiment_from_flags("table1")
-    runs = make_runs(experiment.setting.table1_agents, seeds)
-    metrics = experiment.run_all(runs)
-    report(experiment, runs, metrics, seeds)
-
-  common.main_wrapper(body)
+      per_seed=metrics, claims=claims), runs, plots)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.script_main(
+      "table1", lambda experiment, seeds: make_runs(experiment.setting.table1_agents, seeds),
+      report))

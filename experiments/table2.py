@@ -116,29 +116,19 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
       [(common.VARIANT_TITLES[v], [stats[n][v]["psnr_t@1"]["mean"] for n in entities],
         [stats[n][v]["psnr_t@1"]["std"] for n in entities]) for v in VARIANTS],
       references=[[_paper(n, v) for n in entities] for v in VARIANTS])
-  if plot:
-    lines += [f"![Table 2]({os.path.basename(plot)})", ""]
-  markdown = "\n".join(lines)
-  experiment.write(markdown, dict(
+  return experiment.write(lines, dict(
       table="table2", entities=list(entities), seeds=list(seeds), variants=list(VARIANTS),
       paper=dict(psnr={str(k): v for k, v in PAPER_PSNR.items()}),
       stats={str(n): v for n, v in stats.items()}, gaps={str(n): v for n, v in gaps.items()},
-      per_seed=metrics, claims=claims), runs)
-  return markdown
+      per_seed=metrics, claims=claims), runs, [("Table 2", plot)])
 
 
-def main(argv):
-  del argv
-
-  def body():
-    experiment, seeds = common.experiment_from_flags("table2")
-    entities = parse_entities(_ENTITIES.value, experiment.setting.entities)
-    runs = make_runs(entities, seeds)
-    metrics = experiment.run_all(runs)
-    report(experiment, runs, metrics, seeds, entities)
-
-  common.main_wrapper(body)
+def _entities(experiment: common.Experiment):
+  return parse_entities(_ENTITIES.value, experiment.setting.entities)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.script_main(
+      "table2", lambda experiment, seeds: make_runs(_entities(experiment), seeds),
+      lambda experiment, runs, metrics, seeds: report(experiment, runs, metrics, seeds,
+                                                      _entities(experiment))))
