@@ -321,7 +321,9 @@ class Experiment:
       settings = dict(evaluator.EVAL_DEFAULTS)
       settings.update({k: v for k, v in self.setting.eval.items() if k in settings})
       settings.update(workdirs=",".join(workdirs[1:]), steps="")
-      key = dict(workdirs=workdirs, steps=steps, settings=settings)
+      # The metric names are in the key: evaluations cached before a metric was added rerun.
+      key = dict(workdirs=workdirs, steps=steps, settings=settings,
+                 metrics=list(evaluator.PER_STEP_KEYS))
       cache = os.path.join(self.runs_dir, "evals", f"{group}.json")
       cached = _read_json(cache)
       if cached and cached.get("key") == json.loads(json.dumps(key)):

@@ -32,7 +32,7 @@ PAPER_PSNR = {
     16: dict(wm=34.03, lam=24.61, flam=25.24),
 }
 KEYS = ("psnr_t@1", "psnr_t@P", "delta_psnr_t@1", "delta_psnr_t@P", "ari_fg",
-        "probe_accuracy")
+        "probe_accuracy", "copy_psnr_t@1")
 
 common.define_flags("results/table2")
 _ENTITIES = flags.DEFINE_list("entities", [], "Numbers of moving entities (default: the "
@@ -76,7 +76,8 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
     paper_gaps[n] = paper_gap
     psnr_rows.append([str(n)] + [
         f"{common.fmt(s[v]['psnr_t@1'])} ({common.fmt_paper(_paper(n, v))})" for v in VARIANTS
-    ] + [f"{common.fmt(gaps[n])} ({common.fmt_paper(paper_gap)})"])
+    ] + [f"{common.fmt(gaps[n])} ({common.fmt_paper(paper_gap)})",
+         common.fmt(s["flam"]["copy_psnr_t@1"])])
   delta_rows = [[str(n)] + [common.fmt(stats[n][v][k]) for v in ("lam", "flam")
                             for k in ("delta_psnr_t@1", "delta_psnr_t@P")]
                 + [common.fmt(stats[n]["flam"]["ari_fg"], 3),
@@ -102,7 +103,7 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
       "capped at 256 codes). The paper's own gaps (3.35, 1.08, 4.45, 2.18, 0.63 dB) do not "
       "grow monotonically: it claims FLAM is 'more robust' as entities increase.", "",
       common.markdown_table(["# entities"] + [common.VARIANT_TITLES[v] for v in VARIANTS]
-                            + ["FLAM − LAM"], psnr_rows), "",
+                            + ["FLAM − LAM", "copy (no change)"], psnr_rows), "",
       f"## Δ PSNR (t=1 and t={p}), slots and probe", "",
       common.markdown_table(["# entities", "LAM Δ t=1", f"LAM Δ t={p}", "FLAM Δ t=1",
                              f"FLAM Δ t={p}", "FLAM ARI-FG", "FLAM probe acc.",

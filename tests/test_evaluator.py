@@ -133,7 +133,8 @@ def test_eval_step_end_to_end(variant, batches):
   out = evaluator.Evaluator(stage).evaluate(params, batches)
   p = config.lam.prediction_steps
   assert out["num_windows"] == 6 and out["variant"] == variant
-  for key in ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t"):
+  for key in ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t",
+              "copy_psnr_t", "copy_token_accuracy_t"):
     assert len(out[key]) == p and np.all(np.isfinite(out[key])), key
   np.testing.assert_allclose(out["delta_psnr_t"],
                              np.subtract(out["psnr_t"], out["psnr_random_t"]), atol=1e-4)
@@ -145,6 +146,21 @@ def test_eval_step_end_to_end(variant, batches):
     assert 1.0 / config.lam.num_slots - 1e-6 <= out["disentanglement"] <= 1.0
   else:
     assert out["ari_fg"] is None and out["disentanglement"] is None
+
+
+def test_copy_baseline_is_exact_on_static_windows(batches):
+  """With every frame equal to frame 0, "copy" predicts each token and pixel of the
+  tokenizer's reconstruction: token accuracy 1 and PSNR = the tokenizer's PSNR."""
+  _, stage, (params,) = _stage_and_params("flam")
+  static = []
+  for batch in batches:
+    batch = dict(batch)
+    for key in ("frames", "masks"):
+      batch[key] = np.repeat(batch[key][:, :1], batch[key].shape[1], axis=1)
+    static.append(batch)
+  out = evaluator.Evaluator(stage).evaluate(params, static)
+  np.testing.assert_allclose(out["copy_token_accuracy_t"], 1.0)
+  np.testing.assert_allclose(out["copy_psnr_t"], out["tokenizer_psnr"], rtol=1e-4)
 
 
 def test_sweep_equals_separate_evaluations(batches):

@@ -9,7 +9,9 @@ One jit-compiled step per batch of test windows from the original dataset
     (b) random actions (uniform FSQ codes / prior samples; wm: uniform ground-truth actions)
   -> greedy token decode (classification) or features (regression) -> tokenizer decoder
   -> PSNR_t, SSIM_t of (a) and Delta_t PSNR = PSNR_t(a) - PSNR_t(b), t = 1..P (Sec 5.6)
-plus the tokenizer's own reconstruction PSNR (a ceiling, Sec 5.3), ARI-FG of the slot
+plus two references that need no world model: the tokenizer's own reconstruction PSNR
+(a ceiling, Sec 5.3) and the "copy" baseline that predicts no change (frame 0's
+reconstruction and tokens as the prediction for every t), and ARI-FG of the slot
 masks and slot-agent disentanglement (slot variants), and (latent action, ground-truth
 action) pairs per agent for a linear probe fitted on the host (Sec 4.3, LAPO-style).
 
@@ -58,7 +60,8 @@ EVAL_DEFAULTS = dict(
 AGENT_ACTIONS = multigrid.NUM_ACTIONS
 IGNORE_IDS = (multigrid.FLOOR_ID, multigrid.WALL_ID)  # ARI-FG: agents only.
 DATA_FIELDS = ("frames", "masks", "actions")
-PER_STEP_KEYS = ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t")
+PER_STEP_KEYS = ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t",
+                 "copy_psnr_t", "copy_token_accuracy_t")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +183,11 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
 
   out = prediction_metrics(pixels_btHWc[:, 1:p + 1], pred[0], pred[1])
   out["tokenizer_psnr"] = jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1)
+  # "Copy": predict that nothing moves. A world model must beat it to have learned dynamics.
+  copy_bpHWc = jnp.broadcast_to(recon_btHWc[:, :1], (b, p, height, width, 3))
+  out["copy_psnr_t"] = metrics.psnr(pixels_btHWc[:, 1:p + 1], copy_bpHWc)
+  out["copy_token_accuracy_t"] = jnp.mean(
+      (tokens_btn[:, :1] == tokens_btn[:, 1:p + 1]).astype(jnp.float32), axis=-1)
   if pred_tokens_mn is not None:
     hits = pred_tokens_mn[:b * p].reshape(b, p, n) == tokens_btn[:, 1:p + 1]
     out["token_accuracy_t"] = jnp.mean(hits.astype(jnp.float32), axis=-1)
@@ -574,7 +582,9 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
   rows = [("windows", [str(r["num_windows"]) for r in results])]
   p = results[0]["prediction_steps"]
   labels = dict(psnr_t="PSNR", ssim_t="SSIM", delta_psnr_t="Delta PSNR",
-                psnr_random_t="PSNR (random actions)", token_accuracy_t="token accuracy")
+                psnr_random_t="PSNR (random actions)", token_accuracy_t="token accuracy",
+                copy_psnr_t="PSNR of copy (no change)",
+                copy_token_accuracy_t="token accuracy of copy")
   for key, label in labels.items():
     for t in range(p):
       rows.append((f"{label} t={t + 1}",
