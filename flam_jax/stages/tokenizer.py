@@ -30,6 +30,7 @@ def make_tokenizer(config: ConfigDict) -> Tokenizer:
         f"stride {stride} (2^len(tokenizer.encoder_channels)); use a multiple of {stride}")
   return Tokenizer(encoder_channels=tuple(tok.encoder_channels), z_channels=tok.z_channels,
                    codebook_dim=tok.codebook_dim, levels=tuple(tok.levels),
+                   patch_local=bool(tok.get("patch_local", False)),
                    dtype=compute_dtype(config))
 
 
