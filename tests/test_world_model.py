@@ -13,7 +13,8 @@ from flam_jax.stages.lam import LatentActionStage, load_frozen_tokenizer
 from flam_jax.stages.tokenizer import TokenizerStage
 from tests import stage_fixtures
 
-VARIANTS = ["flam", "lam", "oc_lam", "wm", "flam_gaussian", "flam_regression"]
+VARIANTS = ["flam", "lam", "oc_lam", "wm", "flam_v2", "flam_regression"]
+REGRESSION = ("flam_v2", "flam_regression")
 
 
 def test_rollout_indices_cover_every_transition():
@@ -35,11 +36,11 @@ def test_forward_shapes(variant):
       rngs={"action": jax.random.PRNGKey(1)}))(params, features, tokens, batch["actions"])
   b, t, n = tokens.shape
   s, p = t - 2, 2
-  num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_gaussian",
+  num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_v2",
                                                      "flam_regression") else n
   assert out["entities"].shape == (b, t, num_entities, config.lam.d_model)
   assert out["targets"].shape == (b * s * p, n)
-  if variant == "flam_regression":
+  if variant in REGRESSION:
     assert out["prediction"].shape == (b * s * p, n, stage.codebook.shape[-1])
   else:
     assert [l.shape for l in out["prediction"]] == [(b * s * p, n, 4), (b * s * p, n, 8)]

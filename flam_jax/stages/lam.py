@@ -21,7 +21,7 @@ from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import checkpointing, images
 from flam_jax.modules import aggregator as aggregator_lib
-from flam_jax.modules import fsq, slot_matching
+from flam_jax.modules import fsq, latent_action, slot_matching
 from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.modules.world_model import FACTORED_ENTITIES, VARIANTS, LatentActionWorldModel
 from flam_jax.stages.tokenizer import compute_dtype, make_tokenizer
@@ -86,6 +86,20 @@ def load_trained(workdir: str, step: Optional[int] = None):
   return stage, params, step
 
 
+def action_usage(indices_btk: jnp.ndarray, num_codes: int) -> dict:
+  """Perplexity of the latent action codes over the batch, overall and per slot (mean).
+
+  exp(entropy): 1 when one code is used, num_codes when all are used equally. Per slot
+  shows whether every slot uses its actions or one slot carries them all.
+  """
+  def perplexity(idx):
+    probs = jnp.bincount(idx.reshape(-1), length=num_codes) / idx.size
+    return jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
+  per_slot = jax.vmap(perplexity, in_axes=-1)(indices_btk.reshape(-1, indices_btk.shape[-1]))
+  return dict(action_perplexity=perplexity(indices_btk),
+              action_perplexity_per_slot=jnp.mean(per_slot))
+
+
 class LatentActionStage:
   """Windows of cached tokens [B, T, h, w] (+ ground-truth actions) -> world model losses."""
 
@@ -120,6 +134,10 @@ class LatentActionStage:
         scene_action_levels=tuple(lam.scene_action_levels), num_agents=self.num_agents,
         aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
         aggregator_blocks=lam.aggregator_blocks, feature_dim=self.codebook.shape[-1],
+        aggregator_residual=bool(lam.get("aggregator_residual", False)),
+        slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
+            lam.get("slot_reconstruction_weight", 0.0)),
+        fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),
         dtype=compute_dtype(config),
         remat=bool(lam.get("remat", False)))  # Older runs' saved configs lack the key.
 
@@ -175,6 +193,19 @@ class LatentActionStage:
                            prediction_steps=self.config.lam.prediction_steps)["params"]
 
   # ---- Loss (Eq. 5 / regression, + beta KL, + OC reconstruction, + slot matching). ----
+  # Convention: every term is a mean (over patches, transitions, frames, examples), so a
+  # weight in the config is the weight it looks like at any N, T or K: the prediction
+  # loss in nats per patch (classification) or squared error per feature element
+  # (regression); the KL is sum_i KL of one transition, averaged over transitions.
+  def _prediction_loss(self, out):
+    """(per-example prediction loss [M], metrics) of the model's predictions `out`."""
+    lam = self.config.lam
+    if lam.aggregator_mode == "classification":
+      sizes = tuple(lam.subtoken_sizes)
+      return (aggregator_lib.classification_loss(out["prediction"], out["targets"], sizes),
+              aggregator_lib.classification_accuracy(out["prediction"], out["targets"], sizes))
+    return aggregator_lib.regression_loss(out["prediction"], out["target_features"]), None
+
   def loss(self, params, batch, rng):
     lam = self.config.lam
     features, tokens = self.features(batch)
@@ -183,19 +214,18 @@ class LatentActionStage:
                            rngs={"action": rng})
     b, p = tokens.shape[0], lam.prediction_steps
     metrics = {}
-    if lam.aggregator_mode == "classification":
-      sizes = tuple(lam.subtoken_sizes)
-      prediction_loss = aggregator_lib.classification_loss(out["prediction"], out["targets"], sizes)
-      accuracy_bsp = aggregator_lib.classification_accuracy(
-          out["prediction"], out["targets"], sizes).reshape(b, out["num_starts"], p)
+    prediction_loss, accuracy = self._prediction_loss(out)
+    if accuracy is not None:
+      accuracy_bsp = accuracy.reshape(b, out["num_starts"], p)
       metrics["accuracy"] = jnp.mean(accuracy_bsp)
       metrics["accuracy_step1"] = jnp.mean(accuracy_bsp[..., 0])
       metrics[f"accuracy_step{p}"] = jnp.mean(accuracy_bsp[..., -1])
-    else:
-      prediction_loss = aggregator_lib.regression_loss(out["prediction"], out["target_features"])
+    # The copy baseline on this batch: predicting the start frame's tokens for every step.
+    copy_bsp = jnp.mean((out["targets"] == out["anchor_tokens"]).astype(jnp.float32),
+                        axis=-1).reshape(b, out["num_starts"], p)
+    metrics["copy_accuracy_step1"] = jnp.mean(copy_bsp[..., 0])
     prediction_loss = jnp.mean(prediction_loss)
     metrics["prediction_loss"] = prediction_loss
-    metrics["prediction_loss_per_patch"] = prediction_loss / self.num_patches
     loss = prediction_loss
     if lam.action_kind == "gaussian" and lam.variant != "wm":
       kl = jnp.mean(out["kl"])
@@ -206,16 +236,56 @@ class LatentActionStage:
           out["reconstruction"], out["reconstruction_targets"], tuple(lam.subtoken_sizes)))
       metrics["reconstruction_loss"] = recon
       loss = loss + lam.reconstruction_weight * recon
+    if "slot_reconstruction" in out:
+      slot_recon = jnp.mean(jnp.square(out["slot_reconstruction"] - features))
+      metrics["slot_reconstruction_loss"] = slot_recon
+      loss = loss + lam.slot_reconstruction_weight * slot_recon
     if lam.variant in FACTORED_ENTITIES and lam.slot_matching != "none":
       matching = slot_matching.matching_loss(lam.slot_matching, out["entities"])
       metrics["slot_matching_loss"] = matching
       loss = loss + lam.slot_matching_weight * matching
+    if out["action_code_log_probs"] is not None and lam.get("action_entropy_weight", 0.0):
+      entropy = latent_action.code_entropy_loss(out["action_code_log_probs"])
+      metrics["action_entropy_loss"] = entropy
+      loss = loss + lam.action_entropy_weight * entropy
     if out["action_indices"] is not None:
-      num_codes = fsq.codebook_size(self.model.action_bottleneck_levels)
-      counts = jnp.bincount(out["action_indices"].reshape(-1), length=num_codes)
-      probs = counts / jnp.sum(counts)
-      metrics["action_perplexity"] = jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
+      metrics.update(action_usage(out["action_indices"],
+                                  fsq.codebook_size(self.model.action_bottleneck_levels)))
     return loss, metrics
+
+  def diagnostics(self, params, batch, rng):
+    """Logged beside the loss: does the model use its latent actions? (one jit, log steps only)
+
+    action_gain: prediction loss with the actions of another window of the batch minus
+    the loss with the inferred actions (nats per patch, or squared error); a model that
+    ignores its actions shows 0. free_running_accuracy_step1: greedy decoding of the
+    first prediction step against the teacher-forced accuracy of the same predictions.
+    """
+    lam = self.config.lam
+    variables = {"params": params}
+    features, tokens = self.features(batch)
+    entities, _ = self.model.apply(variables, features, method=LatentActionWorldModel.entities)
+    acts = self.model.apply(variables, entities, batch["actions"],
+                            method=LatentActionWorldModel.infer_actions)
+    predict = lambda actions: self.model.apply(
+        variables, entities, actions, features, tokens,
+        prediction_steps=lam.prediction_steps, method=LatentActionWorldModel.predict)
+    out = predict(acts["actions"])
+    shuffled = jnp.roll(acts["actions"], 1, axis=0)  # Another window's actions.
+    loss_inferred, accuracy = self._prediction_loss(out)
+    loss_shuffled, accuracy_shuffled = self._prediction_loss(predict(shuffled))
+    metrics = dict(action_gain=jnp.mean(loss_shuffled - loss_inferred))
+    if accuracy is not None:
+      metrics["action_gain_accuracy"] = jnp.mean(accuracy - accuracy_shuffled)
+      # Free running: greedy decode of step-1 predictions of the first start of each window.
+      rows = jnp.arange(tokens.shape[0]) * out["num_starts"] * lam.prediction_steps
+      greedy = self.model.apply(variables, out["predicted_entities"][rows],
+                                out["anchor_tokens"][rows],
+                                method=LatentActionWorldModel.decode_tokens)
+      metrics["free_running_accuracy_step1"] = jnp.mean(
+          (greedy == out["targets"][rows]).astype(jnp.float32))
+      metrics["teacher_forced_accuracy_step1"] = jnp.mean(accuracy[rows])
+    return metrics
 
   # ---- Pictures (Figs. 7-9): ground truth, slot masks, reconstruction, prediction. ----
   def visualize_arrays(self, params, batch):
@@ -233,10 +303,12 @@ class LatentActionStage:
     k, d = predicted.shape[2:]
     if lam.aggregator_mode == "classification":
       pred_tokens = self.model.apply(variables, predicted.reshape(b * p, k, d),
+                                     jnp.repeat(tokens[:, 0], p, axis=0),
                                      method=LatentActionWorldModel.decode_tokens)
       pred_features = jnp.asarray(self.codebook)[pred_tokens]
     else:
-      pred_features = self.model.apply(variables, predicted.reshape(b * p, k, d),
+      pred_features = self.model.apply(variables, predicted.reshape(b * p, k, d), None,
+                                       jnp.repeat(features[:, 0], p, axis=0),
                                        method=LatentActionWorldModel.aggregate)
     decode = lambda f: self.tokenizer.apply(  # [M, N, Dz] -> [M, H, W, 3]
         {"params": self.tokenizer_params}, f.reshape((f.shape[0],) + self.grid + (-1,)),
