@@ -182,18 +182,21 @@ def _fns(stage):
 
   def rollout(params, tok_params, start_HWc, actions_bhka):
     b, h = actions_bhka.shape[:2]
-    z_q, _ = encode(tok_params, start_HWc[None])  # [1, N, Dz]
+    z_q, start_tokens = encode(tok_params, start_HWc[None])  # [1, N, Dz], [1, N]
     entities, masks = call(params, z_q[None], method=LatentActionWorldModel.entities)
     k, d = entities.shape[2:]
     start_bkd = jnp.broadcast_to(entities[:, 0], (b, k, d))
     predicted = call(params, start_bkd, actions_bhka, method=LatentActionWorldModel.rollout)
     predicted_mkd = predicted.reshape(b * h, k, d)  # [B*H, K, D]
+    anchor_tokens_mn = jnp.broadcast_to(start_tokens, (b * h, n))  # The start frame.
     if classification:
-      tokens_mn = call(params, predicted_mkd, method=LatentActionWorldModel.decode_tokens)
+      tokens_mn = call(params, predicted_mkd, anchor_tokens_mn,
+                       method=LatentActionWorldModel.decode_tokens)
       features = codebook[tokens_mn]
       tokens = tokens_mn.reshape(b, h, n)
     else:
-      features = call(params, predicted_mkd, method=LatentActionWorldModel.aggregate)
+      features = call(params, predicted_mkd, None, codebook[anchor_tokens_mn],
+                      method=LatentActionWorldModel.aggregate)
       tokens = None
     pixels = decode(tok_params, jnp.concatenate([z_q, features.astype(z_q.dtype)]))
     first = jnp.broadcast_to(pixels[:1][None], (b, 1) + pixels.shape[1:])

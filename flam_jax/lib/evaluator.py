@@ -165,13 +165,16 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
                           jnp.concatenate([actions_btka[:, :p], rand_bpka]),
                           method=LatentActionWorldModel.rollout)  # [2B, P, K, D]
   predicted_mkd = predicted.reshape(2 * b * p, k, d)
+  # The start frame (frame 0) anchors every prediction of both rollouts (rows 2, B, P).
+  anchor_tokens_mn = jnp.tile(jnp.repeat(tokens_btn[:, 0], p, axis=0), (2, 1))
   if model.aggregator_mode == "classification":
-    pred_tokens_mn = model.apply(lam_vars, predicted_mkd,
+    pred_tokens_mn = model.apply(lam_vars, predicted_mkd, anchor_tokens_mn,
                                  method=LatentActionWorldModel.decode_tokens)  # [M, N]
     pred_features = codebook_cd[pred_tokens_mn]
   else:
     pred_tokens_mn = None
-    pred_features = model.apply(lam_vars, predicted_mkd, method=LatentActionWorldModel.aggregate)
+    pred_features = model.apply(lam_vars, predicted_mkd, None, codebook_cd[anchor_tokens_mn],
+                                method=LatentActionWorldModel.aggregate)
 
   # One decoder call for reconstructions and both rollouts.
   z_all = jnp.concatenate([features_btnd.reshape(b * t, n, -1),
