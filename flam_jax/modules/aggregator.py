@@ -128,6 +128,10 @@ class ClassificationAggregator(nn.Module):
   codebook_size: int = 0  # C; if > 0 it must equal prod(subtoken_sizes).
   mlp_ratio: float = 4.0
   remat: bool = False  # Teacher forcing: recompute block activations in the backward pass.
+  # Teacher forcing: each previous-token input is replaced by the start embedding
+  # ("unknown") with this probability ('dropout' rng), so the model cannot lean on the
+  # true context more than greedy decoding will be able to (exposure bias).
+  context_dropout: float = 0.0
 
   def _check_config(self):
     sizes = tuple(int(s) for s in self.subtoken_sizes)
@@ -189,7 +193,7 @@ class ClassificationAggregator(nn.Module):
     return tuple(logits), jnp.stack(chosen, axis=-1)
 
   def __call__(self, slots_bkd: jnp.ndarray, target_indices_bn: jnp.ndarray,
-               anchor_indices_bn=None) -> Tuple[jnp.ndarray, ...]:
+               anchor_indices_bn=None, deterministic: bool = True) -> Tuple[jnp.ndarray, ...]:
     """Teacher forcing: logits for all N patches in parallel, tuple of [B, N, S_j]."""
     chex.assert_rank([slots_bkd, target_indices_bn], [3, 2])
     b, n = target_indices_bn.shape
@@ -200,6 +204,9 @@ class ClassificationAggregator(nn.Module):
     sizes = self._check_config()
     prev_bn = jnp.concatenate(
         [jnp.full((b, 1), -1, jnp.int32), target_indices_bn[:, :-1].astype(jnp.int32)], axis=1)
+    if self.context_dropout > 0.0 and not deterministic:
+      dropped_bn = jax.random.bernoulli(self.make_rng("dropout"), self.context_dropout, (b, n))
+      prev_bn = jnp.where(dropped_bn, -1, prev_bn)
     logits, _ = self._forward(slots_bkd, prev_bn, jnp.arange(n), anchor_indices_bn,
                               indices_to_subtokens(target_indices_bn, sizes), decode=False)
     chex.assert_shape(list(logits), [(b, n, s) for s in sizes])

@@ -98,6 +98,7 @@ class LatentActionWorldModel(nn.Module):
   aggregator_blocks: int = 2
   feature_dim: int = 128
   aggregator_residual: bool = False
+  aggregator_context_dropout: float = 0.0  # Classification; see ClassificationAggregator.
   # Slot variants: also reconstruct each frame's features from its own slots through a
   # spatial-broadcast decoder with alpha masks (binding, see slot_decoder.py).
   slot_reconstruction: bool = False
@@ -139,7 +140,8 @@ class LatentActionWorldModel(nn.Module):
       self.aggregator = aggregator_lib.ClassificationAggregator(
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
           d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
-          dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat)
+          dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat,
+          context_dropout=self.aggregator_context_dropout)
     elif self.aggregator_mode == "regression":
       self.aggregator = aggregator_lib.RegressionAggregator(
           num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
@@ -204,7 +206,8 @@ class LatentActionWorldModel(nn.Module):
     _, predicted_bpkd = self.fdm_scan(entities_0_bkd, actions_bpka)
     return predicted_bpkd
 
-  def aggregate(self, entities_mkd, target_tokens_mn=None, anchor=None):
+  def aggregate(self, entities_mkd, target_tokens_mn=None, anchor=None,
+                deterministic: bool = True):
     """Classification: logits (teacher-forced on the targets); regression: features [M, N, F].
 
     anchor: the start frame, tokens [M, N] (classification) or features [M, N, F]
@@ -212,7 +215,7 @@ class LatentActionWorldModel(nn.Module):
     """
     anchor = anchor if self.aggregator_residual else None
     if self.aggregator_mode == "classification":
-      return self.aggregator(entities_mkd, target_tokens_mn, anchor)
+      return self.aggregator(entities_mkd, target_tokens_mn, anchor, deterministic)
     return self.aggregator(entities_mkd, anchor)
 
   def decode_tokens(self, entities_mkd, anchor_tokens_mn=None, use_cache: bool = True):
@@ -221,7 +224,7 @@ class LatentActionWorldModel(nn.Module):
     return self.aggregator.decode(entities_mkd, anchor, use_cache=use_cache)[0]
 
   def predict(self, entities_btkd, actions_btka, features_btnd, tokens_btn, *,
-              prediction_steps: int):
+              prediction_steps: int, deterministic: bool = True):
     """Multi-step predictions of every start s in [0, T-P) under the given actions.
 
     entities [B, T, K', D], actions [B, T-1, K'|1, A] (inferred, or others for the
@@ -245,7 +248,8 @@ class LatentActionWorldModel(nn.Module):
       anchor = anchor_tokens_mn
     else:
       anchor = jnp.repeat(features_btnd[:, :s].reshape(b * s, n, -1), p, axis=0)
-    return dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor), targets=targets_mn,
+    return dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor, deterministic),
+                targets=targets_mn,
                 anchor_tokens=anchor_tokens_mn, predicted_entities=predicted_mkd,
                 target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
                     b * s * p, n, -1), num_starts=s)
@@ -263,7 +267,7 @@ class LatentActionWorldModel(nn.Module):
     k, d = entities_btkd.shape[2:]
     acts = self.infer_actions(entities_btkd, gt_actions_btm, deterministic=deterministic)
     out = self.predict(entities_btkd, acts["actions"], features_btnd, tokens_btn,
-                       prediction_steps=prediction_steps)
+                       prediction_steps=prediction_steps, deterministic=deterministic)
     out.update(kl=acts["kl"], action_indices=acts["indices"], actions=acts["actions"],
                action_code_log_probs=acts.get("code_log_probs"),
                entities=entities_btkd, masks=masks_btkn)

@@ -135,6 +135,7 @@ class LatentActionStage:
         aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
         aggregator_blocks=lam.aggregator_blocks, feature_dim=self.codebook.shape[-1],
         aggregator_residual=bool(lam.get("aggregator_residual", False)),
+        aggregator_context_dropout=float(lam.get("aggregator_context_dropout", 0.0)),
         slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
             lam.get("slot_reconstruction_weight", 0.0)),
         fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),
@@ -211,7 +212,7 @@ class LatentActionStage:
     features, tokens = self.features(batch)
     out = self.model.apply({"params": params}, features, tokens, batch["actions"],
                            prediction_steps=lam.prediction_steps, deterministic=False,
-                           rngs={"action": rng})
+                           rngs={"action": rng, "dropout": jax.random.fold_in(rng, 1)})
     b, p = tokens.shape[0], lam.prediction_steps
     metrics = {}
     prediction_loss, accuracy = self._prediction_loss(out)
