@@ -242,21 +242,16 @@ class Experiment:
   # -- Data and tokenizer, once per number of agents. --
   def ensure_data(self, num_agents: int) -> str:
     """Generates the Multigrid dataset of `num_agents` unless it is complete."""
-    from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+    from flam_jax import train  # pylint: disable=g-import-not-at-top
+    from flam_jax.data import records  # pylint: disable=g-import-not-at-top
     out = self.data_dir(num_agents)
-    if os.path.exists(os.path.join(out, multigrid.METADATA_FILE)):
+    if os.path.exists(os.path.join(out, records.METADATA_FILE)):
       return out
     config = tokenizer_config(self.setting, num_agents, out)
-    gen = config.data.generate
-    cfg = multigrid.MultigridConfig(
-        grid_size=gen.grid_size, resolution=config.data.image_size,
-        num_agents=num_agents, episode_length=gen.episode_length,
-        sticky_prob=gen.sticky_prob, wall_density=gen.wall_density)
-    print(f"[{self.name}] generating {gen.episodes} Multigrid episodes with {num_agents} "
-          f"agent(s) into {out}", flush=True)
+    print(f"[{self.name}] generating {config.data.generate.episodes} Multigrid episodes with "
+          f"{num_agents} agent(s) into {out}", flush=True)
     start = time.time()
-    multigrid.write_dataset(out, cfg, num_episodes=gen.episodes, seed=gen.seed,
-                            progress=self.setting.name != "tiny")
+    train.write_dataset(config, out, progress=self.setting.name != "tiny")
     self.timings[f"data_{num_agents}a"] = time.time() - start
     return out
 
@@ -281,7 +276,7 @@ class Experiment:
     resume = f", resuming at step {done}" if done else ""
     print(f"[{self.name}] {what}: training {config.num_train_steps} steps{resume} in {workdir}",
           flush=True)
-    import train  # pylint: disable=g-import-not-at-top
+    from flam_jax import train  # pylint: disable=g-import-not-at-top
     start = time.time()
     summary = train.run(config, workdir)
     seconds = time.time() - start
@@ -310,6 +305,7 @@ class Experiment:
     The seeds of one group share a config, so they are evaluated together by the
     evaluator's sweep (one jit-compiled vmap over the parameter sets).
     """
+    from flam_jax import evaluate  # pylint: disable=g-import-not-at-top
     from flam_jax.lib import evaluator  # pylint: disable=g-import-not-at-top
     groups: Dict[str, List[Run]] = {}
     for run in runs:
@@ -333,8 +329,8 @@ class Experiment:
       print(f"[{self.name}] {group}: evaluating {len(workdirs)} seed(s) on the "
             f"{settings['split']} split", flush=True)
       start = time.time()
-      summary = evaluator.evaluate_workdir(workdirs[0], settings,
-                                           run_config=self.config(members[0]))
+      summary = evaluate.evaluate_workdir(workdirs[0], settings,
+                                          run_config=self.config(members[0]))
       self.timings[f"eval/{group}"] = time.time() - start
       results = summary["runs"] if "runs" in summary else [summary]
       metrics = [{k: v for k, v in r.items() if _jsonable(v)} for r in results]

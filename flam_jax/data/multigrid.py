@@ -3,7 +3,8 @@
 FLAM (Sec 5) extends MiniGrid to K agents that each pick an action per step; the
 model only sees the frames and must factor the dynamics into per-entity latent
 actions. This module is numpy only (no gym, no display): it simulates episodes,
-renders them, and writes them to ArrayRecord shards that `pipeline.py` reads.
+renders them, and writes them in the dataset format of `records.py` that
+`pipeline.py` reads.
 
 World rules:
   * The grid has `grid_size` cells per side; the outer ring is wall, and a
@@ -39,17 +40,16 @@ CLI:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from absl import flags
-from array_record.python import array_record_module
 import numpy as np
 import tqdm
 
+from flam_jax.data import records
 from flam_jax.errors import ConfigError
 
 # Actions.
@@ -65,9 +65,7 @@ HEADING_DELTAS = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]],
                           np.int32)  # [4, 2]
 
 # Entity ids in masks.
-FLOOR_ID = 0
-WALL_ID = 1
-FIRST_AGENT_ID = 2
+FLOOR_ID, WALL_ID, FIRST_AGENT_ID = records.FLOOR_ID, records.WALL_ID, records.FIRST_AGENT_ID
 MAX_AGENTS = 16
 
 FLOOR_COLOR = np.array([0, 0, 0], np.uint8)
@@ -98,8 +96,6 @@ AGENT_COLORS = np.array(
 # Entity id -> RGB: [2 + 16, 3].
 COLOR_LUT = np.concatenate([FLOOR_COLOR[None], WALL_COLOR[None], AGENT_COLORS])
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation", "test")
 # Order in which the arrays of an episode are concatenated in a record.
 FIELDS = ("frames", "masks", "actions", "positions", "headings")
 FIELD_DTYPES = {
@@ -113,9 +109,6 @@ FIELD_DTYPES = {
 RECORD_DTYPES = {
     f: np.dtype(d).newbyteorder("<") for f, d in FIELD_DTYPES.items()
 }
-METADATA_FILE = "metadata.json"
-# group_size:1 makes each record its own chunk, so random access is one read.
-WRITER_OPTIONS = "group_size:1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,62 +319,6 @@ def episode_rng(seed: int, episode: int) -> np.random.Generator:
   return np.random.default_rng([seed, episode])
 
 
-def split_counts(num_episodes: int) -> dict[str, int]:
-  """Episodes per split, 80/10/10.
-
-  validation and test get floor(10%) each, raised to 1 when num_episodes >= 3;
-  train gets the rest. Fewer than 3 episodes all go to train.
-  """
-  if num_episodes < 3:
-    return {"train": num_episodes, "validation": 0, "test": 0}
-  n_eval = max(1, num_episodes // 10)
-  return {
-      "train": num_episodes - 2 * n_eval,
-      "validation": n_eval,
-      "test": n_eval,
-  }
-
-
-def serialize_episode(episode: dict[str, np.ndarray],
-                      fields: Sequence[str] = FIELDS) -> bytes:
-  """Raw little-endian bytes of `fields`, concatenated in order."""
-  return b"".join(
-      np.ascontiguousarray(
-          episode[f],
-          dtype=RECORD_DTYPES.get(f, np.dtype(episode[f].dtype).newbyteorder("<"))).tobytes()
-      for f in fields)
-
-
-def write_split_shards(out_dir: str, split: str, episodes: Iterable[dict[str, np.ndarray]],
-                       num_episodes: int, episodes_per_shard: int,
-                       fields: Sequence[str] = FIELDS, bar=None) -> dict[str, Any]:
-  """Writes one split's episodes (in order) as ArrayRecord shards; returns its metadata."""
-  num_shards = math.ceil(num_episodes / episodes_per_shard)
-  episodes = iter(episodes)
-  shards, sizes = [], []
-  for i in range(num_shards):
-    name = f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
-    size = min(episodes_per_shard, num_episodes - i * episodes_per_shard)
-    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), WRITER_OPTIONS)
-    for _ in range(size):
-      writer.write(serialize_episode(next(episodes), fields))
-      if bar is not None:
-        bar.update(1)
-    writer.close()
-    shards.append(name)
-    sizes.append(size)
-  return {"num_episodes": num_episodes, "shards": shards, "shard_num_episodes": sizes}
-
-
-def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
-  """metadata.json, written last and atomically: its presence means the shards are complete."""
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  tmp_path = meta_path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(tmp_path, meta_path)
-
-
 def write_dataset(out_dir: str,
                   cfg: MultigridConfig,
                   num_episodes: int,
@@ -401,26 +338,24 @@ def write_dataset(out_dir: str,
     raise ConfigError(
         f"episodes_per_shard={episodes_per_shard}; use at least 1")
   os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # Stale metadata must not describe half-new shards.
+  records.remove_metadata(out_dir)
 
-  counts = split_counts(num_episodes)
+  counts = records.split_counts(num_episodes)
   splits_meta = {}
   first = 0
   bar = tqdm.tqdm(total=num_episodes, desc="episodes", disable=not progress)
-  for split in SPLITS:
+  for split in records.SPLITS:
     n = counts[split]
     episodes = (generate_episode(cfg, episode_rng(seed, e)) for e in range(first, first + n))
-    splits_meta[split] = write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
-                                            bar=bar)
+    splits_meta[split] = records.write_split(out_dir, split, episodes, n, episodes_per_shard,
+                                             FIELDS, dtypes=RECORD_DTYPES, bar=bar)
     splits_meta[split]["first_episode"] = first
     first += n
   bar.close()
 
   shapes = field_shapes(cfg)
   metadata = {
-      "format_version": FORMAT_VERSION,
+      "format_version": records.FORMAT_VERSION,
       "generator": "flam_jax.data.multigrid",
       "config": dataclasses.asdict(cfg),
       "seed": seed,
@@ -437,7 +372,7 @@ def write_dataset(out_dir: str,
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
   }
-  write_metadata(out_dir, metadata)
+  records.write_metadata(out_dir, metadata)
   return metadata
 
 
@@ -477,7 +412,7 @@ def _main(argv):
   except ConfigError as e:
     sys.exit(f"error: {e}")
   counts = ", ".join(
-      f"{s}={meta['splits'][s]['num_episodes']}" for s in SPLITS)
+      f"{s}={meta['splits'][s]['num_episodes']}" for s in records.SPLITS)
   print(f"wrote {meta['num_episodes']} episodes to"
         f" {os.path.abspath(flags_.out)} ({counts})")
 
