@@ -54,9 +54,10 @@ def test_straight_through_gradient_is_the_bound_gradient():
   assert np.all(np.asarray(grad_q) != 0.0)  # A plain round would give zero gradients.
 
 
-def test_fsq_module_and_all_codes():
+def test_quantize_indices_and_all_codes():
   levels = (2, 2)
-  codes, idx = fsq.FSQ(levels).apply({}, jnp.array([[-5.0, -5.0], [5.0, 5.0], [5.0, -5.0]]))
+  codes = fsq.quantize(jnp.array([[-5.0, -5.0], [5.0, 5.0], [5.0, -5.0]]), levels)
+  idx = fsq.codes_to_indices(codes, levels)
   np.testing.assert_array_equal(idx, [0, 3, 1])
   np.testing.assert_array_equal(fsq.all_codes(levels)[idx], codes)
   assert {tuple(c) for c in np.asarray(fsq.all_codes(levels))} == set(

@@ -240,11 +240,6 @@ class ClassificationAggregator(nn.Module):
     """Fraction of patches whose full greedy index equals the target, [B]."""
     return classification_accuracy(logits, target_indices_bn, self._check_config())
 
-  @nn.nowrap
-  def predict_indices(self, logits: Tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-    """Greedy indices from logits (argmax per sub-token, then combined)."""
-    return logits_to_indices(logits, self._check_config())
-
 
 class RegressionAggregator(nn.Module):
   """Non-autoregressive feature regressor (Sec 5.4 "regression mode", later version).

@@ -14,7 +14,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 _EPS = 1e-3
 
@@ -83,12 +82,3 @@ def all_codes(levels: Sequence[int]) -> jnp.ndarray:
   """The whole implicit codebook, [prod(levels), d], in index order."""
   return indices_to_codes(jnp.arange(codebook_size(levels)), levels)
 
-
-class FSQ(nn.Module):
-  """Parameter-free Flax wrapper: returns (codes[..., d], indices[...])."""
-
-  levels: Sequence[int]
-
-  def __call__(self, z: jnp.ndarray):
-    codes = quantize(z, self.levels)
-    return codes, codes_to_indices(codes, self.levels)
