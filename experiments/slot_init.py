@@ -11,7 +11,7 @@ Five FLAM configs on the Table 1 Multigrid (K = number of agents):
 The paper gives no numbers (Fig. 8 is qualitative): it finds no significant gain from the
 matching losses and better slots and predictions with recursive init. Besides PSNR we
 report how well the slots track the agents: ARI-FG of the slot masks and the slot-agent
-disentanglement score (flam_jax/lib/evaluator.py).
+disentanglement score (flam_jax/lib/eval_step.py).
 """
 
 import os
