@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flam_jax.data import multigrid as mg
+from flam_jax.data import records
 from flam_jax.errors import ConfigError
 
 TINY = mg.MultigridConfig(
@@ -182,12 +183,12 @@ def test_config_errors(kwargs, match):
 
 
 def test_split_counts():
-  assert mg.split_counts(100) == {"train": 80, "validation": 10, "test": 10}
-  assert mg.split_counts(12) == {"train": 10, "validation": 1, "test": 1}
-  assert mg.split_counts(3) == {"train": 1, "validation": 1, "test": 1}
-  assert mg.split_counts(2) == {"train": 2, "validation": 0, "test": 0}
+  assert records.split_counts(100) == {"train": 80, "validation": 10, "test": 10}
+  assert records.split_counts(12) == {"train": 10, "validation": 1, "test": 1}
+  assert records.split_counts(3) == {"train": 1, "validation": 1, "test": 1}
+  assert records.split_counts(2) == {"train": 2, "validation": 0, "test": 0}
   for n in range(3, 60):
-    counts = mg.split_counts(n)
+    counts = records.split_counts(n)
     assert sum(counts.values()) == n and min(counts.values()) >= 1
 
 
@@ -207,13 +208,13 @@ def test_write_dataset(tmp_path):
   with open(os.path.join(out, "metadata.json")) as f:
     assert json.load(f) == meta
   assert not any(n.endswith(".tmp") for n in os.listdir(out))
-  assert meta["format_version"] == mg.FORMAT_VERSION
+  assert meta["format_version"] == records.FORMAT_VERSION
   assert meta["config"] == {
       "grid_size": 8, "resolution": 32, "num_agents": 3, "episode_length": 12,
       "sticky_prob": 0.5, "wall_density": 0.05}
   assert meta["seed"] == 5 and meta["num_episodes"] == 12
   splits = meta["splits"]
-  assert {s: splits[s]["num_episodes"] for s in mg.SPLITS} == {
+  assert {s: splits[s]["num_episodes"] for s in records.SPLITS} == {
       "train": 10, "validation": 1, "test": 1}
   assert splits["train"]["shards"] == [
       f"train-{i:05d}-of-00003.array_record" for i in range(3)]
@@ -241,7 +242,7 @@ def test_write_dataset(tmp_path):
   check("train", 1, 3, 7)
   check("train", 2, 1, 9)
   check("test", 0, 0, 11)
-  for split in mg.SPLITS:
+  for split in records.SPLITS:
     total = 0
     for name in splits[split]["shards"]:
       total += _read_record(os.path.join(out, name), 0)[1]
