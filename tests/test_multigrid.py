@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from flam_jax.data import multigrid as mg
+from flam_jax.data import multigrid_render as render
 from flam_jax.data import records
 from flam_jax.errors import ConfigError
 
@@ -54,13 +55,13 @@ def test_determinism():
 
 
 def test_palette_distinct():
-  assert mg.AGENT_COLORS.shape == (16, 3) and mg.AGENT_COLORS.dtype == np.uint8
-  lut = {tuple(c) for c in mg.COLOR_LUT}
+  assert render.AGENT_COLORS.shape == (16, 3) and render.AGENT_COLORS.dtype == np.uint8
+  lut = {tuple(c) for c in render.COLOR_LUT}
   assert len(lut) == 18  # Floor, wall and 16 agents all distinct.
 
 
 def test_sprites_point_along_heading():
-  sprites = mg.agent_sprites(8)  # [4, 8, 8]
+  sprites = render.agent_sprites(8)  # [4, 8, 8]
   assert sprites.shape == (4, 8, 8) and sprites.dtype == bool
   right = sprites[mg.RIGHT]
   cols = right.sum(axis=0)
@@ -74,20 +75,20 @@ def test_sprites_point_along_heading():
   np.testing.assert_array_equal(sprites[mg.LEFT], right[:, ::-1])
   np.testing.assert_array_equal(sprites[mg.UP], sprites[mg.DOWN][::-1])
   for c in (1, 2, 4):
-    assert mg.agent_sprites(c).reshape(4, -1).any(axis=1).all()
+    assert render.agent_sprites(c).reshape(4, -1).any(axis=1).all()
 
 
 @pytest.mark.parametrize("cfg", [TINY, CROWDED])
 def test_frames_masks_positions_agree(cfg):
   c = cfg.cell_size
-  sprites = mg.agent_sprites(c)
+  sprites = render.agent_sprites(c)
   for ep in _episodes(cfg, 4):
     frames, masks = ep["frames"], ep["masks"]
     pos, head = ep["positions"], ep["headings"]
     # Background: floor black, walls grey; walls are static whole cells.
     np.testing.assert_array_equal(frames[masks == mg.FLOOR_ID], 0)
     np.testing.assert_array_equal(frames[masks == mg.WALL_ID],
-                                  np.broadcast_to(mg.WALL_COLOR, (
+                                  np.broadcast_to(render.WALL_COLOR, (
                                       (masks == mg.WALL_ID).sum(), 3)))
     walls_GG = (masks[0] == mg.WALL_ID)[::c, ::c]
     assert walls_GG[0].all() and walls_GG[-1].all()
@@ -105,7 +106,7 @@ def test_frames_masks_positions_agree(cfg):
         np.testing.assert_array_equal(on[r * c:(r + 1) * c, q * c:(q + 1) * c],
                                       sprites[head[t, k]])
         np.testing.assert_array_equal(
-            frames[t][on], np.broadcast_to(mg.AGENT_COLORS[k], (on.sum(), 3)))
+            frames[t][on], np.broadcast_to(render.AGENT_COLORS[k], (on.sum(), 3)))
       # Any pixel that is not an agent's is floor or wall by the static map.
       static = np.repeat(np.repeat(walls_GG, c, 0), c, 1)
       free = masks[t] < mg.FIRST_AGENT_ID

@@ -76,6 +76,20 @@ def _random_actions(spec: EvalSpec, rng, index_b, dtype):
   return jax.vmap(sample)(keys_b).astype(dtype)
 
 
+def _reference_metrics(pixels_btHWc, recon_btHWc, tokens_btn, p: int) -> Dict[str, jax.Array]:
+  """The tokenizer's reconstruction PSNR (a ceiling) and the "copy" baseline.
+
+  "Copy" predicts that nothing moves: frame 0's reconstruction and tokens for every t.
+  A world model must beat it to have learned dynamics.
+  """
+  copy_bpHWc = jnp.broadcast_to(recon_btHWc[:, :1], recon_btHWc[:, 1:p + 1].shape)
+  return dict(
+      tokenizer_psnr=jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1),
+      copy_psnr_t=metrics.psnr(pixels_btHWc[:, 1:p + 1], copy_bpHWc),
+      copy_token_accuracy_t=jnp.mean(
+          (tokens_btn[:, :1] == tokens_btn[:, 1:p + 1]).astype(jnp.float32), axis=-1))
+
+
 def _slot_metrics(spec: EvalSpec, masks_btkn, entity_ids_btHW) -> Dict[str, jax.Array]:
   """ARI-FG of the slot masks and slot-agent disentanglement (slot variants)."""
   b, t, height, width = entity_ids_btHW.shape
@@ -158,14 +172,8 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
   recon_btHWc = decoded[:b * t].reshape(b, t, height, width, 3)
   pred = decoded[b * t:].reshape(2, b, p, height, width, 3)
 
-  target_bpHWc = pixels_btHWc[:, 1:p + 1]
-  out = prediction_metrics(target_bpHWc, pred[0], pred[1])
-  out["tokenizer_psnr"] = jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1)
-  # "Copy": predict that nothing moves. A world model must beat it to have learned dynamics.
-  copy_bpHWc = jnp.broadcast_to(recon_btHWc[:, :1], (b, p, height, width, 3))
-  out["copy_psnr_t"] = metrics.psnr(target_bpHWc, copy_bpHWc)
-  out["copy_token_accuracy_t"] = jnp.mean(
-      (tokens_btn[:, :1] == tokens_btn[:, 1:p + 1]).astype(jnp.float32), axis=-1)
+  out = prediction_metrics(pixels_btHWc[:, 1:p + 1], pred[0], pred[1])
+  out.update(_reference_metrics(pixels_btHWc, recon_btHWc, tokens_btn, p))
   if pred_tokens is not None:
     hits = pred_tokens[:b] == tokens_btn[:, 1:p + 1]
     out["token_accuracy_t"] = jnp.mean(hits.astype(jnp.float32), axis=-1)
