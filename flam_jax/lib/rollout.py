@@ -14,7 +14,8 @@ per tokenizer (`flam_jax.lib.models.tokenizer_codebook`) and passed in.
 Dimension keys: B batch, T frames, P rollout steps, N = h*w token patches, Dz token
 feature width, K entities (K slots, or N patches for lam/wm), D entity width, U control
 units (`VariantSpec.num_units`), A action width (K|1: per entity or one for the scene),
-C codes, M a flattened batch of states, H x W pixels.
+C codes, M a flattened batch of states, H x W pixels (in generation's `_bhka`/`_hka`
+names, h is the number of rollout steps).
 """
 
 import functools
