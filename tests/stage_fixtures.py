@@ -43,7 +43,7 @@ def random_batches(config, batch_size: int, num_batches: int, seed: int = 0):
 def make_lam_stage(config, seed: int = 0):
   """A LatentActionStage on a randomly initialised (frozen) tokenizer."""
   from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
-  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer = make_tokenizer(config)
   s = config.data.image_size
   params = tokenizer.init(jax.random.PRNGKey(seed), jnp.zeros((1, s, s, 3)))["params"]

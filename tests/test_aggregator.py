@@ -144,7 +144,7 @@ def test_conditioned_on_slots(cls_agg):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_decode_matches_teacher_forcing(cls_agg, decoded, use_cache):
-  model, params, apply = cls_agg
+  _, params, apply = cls_agg
   slots, out = decoded
   indices, dec_logits = out[use_cache]
   assert indices.shape == (B, N) and indices.dtype == jnp.int32

@@ -141,8 +141,6 @@ def test_factory_and_unknown_kind():
   assert isinstance(fsq_b, la.FSQActionBottleneck) and tuple(fsq_b.levels) == (2, 2, 2)
   gauss_b = la.make_action_bottleneck("gaussian", latent_dim=4)
   assert isinstance(gauss_b, la.GaussianActionBottleneck) and gauss_b.latent_dim == 4
-  assert la.action_dim("fsq", levels=(2, 2, 2)) == 3
-  assert la.action_dim("gaussian", latent_dim=4) == 4
   with pytest.raises(ValueError, match="fsq.*gaussian"):
     la.make_action_bottleneck("vq", levels=(2, 2))
   with pytest.raises(ValueError, match="latent_dim"):

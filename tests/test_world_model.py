@@ -9,7 +9,8 @@ import pytest
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import trainer
 from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices
-from flam_jax.stages.lam import LatentActionStage, load_frozen_tokenizer
+from flam_jax.lib.loading import load_frozen_tokenizer
+from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
 from tests import stage_fixtures
 

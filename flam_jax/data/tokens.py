@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import tqdm
 
-from flam_jax.data import multigrid, pipeline
+from flam_jax.data import pipeline, records
 
 TOKEN_FIELDS = ("tokens", "actions", "positions", "headings")
 
@@ -95,7 +95,7 @@ def cache_tokens(data_dir: str, out_dir: str,
   splits = {}
   bar = tqdm.tqdm(total=source_meta["num_episodes"], desc="tokenizing", disable=not progress)
   for split, info in source_meta["splits"].items():
-    splits[split] = multigrid.write_split_shards(
+    splits[split] = records.write_split(
         out_dir, split, encoded_episodes(split), info["num_episodes"],
         source_meta["episodes_per_shard"], fields=TOKEN_FIELDS, bar=bar) if info["num_episodes"] else dict(
             num_episodes=0, shards=[], shard_num_episodes=[])
@@ -118,5 +118,5 @@ def cache_tokens(data_dir: str, out_dir: str,
       record_bytes=sum(int(np.prod(fd["shape"])) * 4 for fd in fields),
       tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=list(grid),
                   stability=token_stability))
-  multigrid.write_metadata(out_dir, metadata)
+  records.write_metadata(out_dir, metadata)
   return metadata

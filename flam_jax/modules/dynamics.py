@@ -14,7 +14,6 @@ Each block is
     ([B, K, 1, D] queries against [B, K, 2, D] keys), so there is no loop over K.
 """
 
-from typing import Optional
 
 import chex
 import flax.linen as nn
@@ -147,16 +146,3 @@ class SceneActionPool(nn.Module):
     chex.assert_shape(pooled_b1d, (b, 1, d))
     return pooled_b1d
 
-
-def pool_to_scene(action_features_bkd: jnp.ndarray,
-                  *,
-                  num_heads: int,
-                  dtype: jnp.dtype = jnp.float32,
-                  name: Optional[str] = "scene_pool") -> jnp.ndarray:
-  """[B, K, D] -> [B, 1, D] learned-query attention pooling (see SceneActionPool).
-
-  It has parameters, so call it inside a parent module's `nn.compact` method (it
-  creates a `SceneActionPool` submodule called `name`), or use `SceneActionPool`
-  directly.
-  """
-  return SceneActionPool(num_heads=num_heads, dtype=dtype, name=name)(action_features_bkd)

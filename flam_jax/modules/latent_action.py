@@ -174,12 +174,3 @@ def make_action_bottleneck(kind: str,
     return GaussianActionBottleneck(latent_dim=int(latent_dim), dtype=dtype, name=name)
   raise ValueError(f"unknown action bottleneck kind {kind!r}; valid kinds: {BOTTLENECK_KINDS}")
 
-
-def action_dim(kind: str, *, levels: Sequence[int] = (2, 2),
-               latent_dim: Optional[int] = None) -> int:
-  """Width A of the actions a bottleneck of this kind emits."""
-  if kind == "fsq":
-    return len(levels)
-  if kind == "gaussian":
-    return int(latent_dim)
-  raise ValueError(f"unknown action bottleneck kind {kind!r}; valid kinds: {BOTTLENECK_KINDS}")

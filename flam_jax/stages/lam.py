@@ -9,81 +9,22 @@ OC+LAM's object-centric reconstruction loss, and an optional slot-matching loss 
 """
 
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from flam_jax.data import pipeline
 from flam_jax.data import tokens as tokens_lib
-from flam_jax.errors import CheckpointError, ConfigError
-from flam_jax.lib import checkpointing, images
+from flam_jax.errors import ConfigError
+from flam_jax.lib import images, loading, models, rollout
 from flam_jax.modules import aggregator as aggregator_lib
 from flam_jax.modules import fsq, latent_action, slot_matching
 from flam_jax.modules.tokenizer import Tokenizer
-from flam_jax.modules.world_model import FACTORED_ENTITIES, VARIANTS, LatentActionWorldModel
-from flam_jax.stages.tokenizer import compute_dtype, make_tokenizer
+from flam_jax.modules.world_model import FACTORED_ENTITIES, VARIANTS
+from flam_jax.modules.world_model import LatentActionWorldModel as WorldModel
 
 NUM_PICTURE_WINDOWS = 2
-# Distinct colours for slot masks (K up to 32; repeats beyond).
-SLOT_COLORS = np.array([
-    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
-    [170, 255, 195]], np.float32) / 255.0
-
-
-def tokenizer_checkpoint_dir(config: ConfigDict, workdir: str) -> str:
-  path = config.lam.tokenizer_checkpoint or os.path.join(workdir, "tokenizer", "checkpoints")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  return os.path.abspath(path)
-
-
-def load_frozen_tokenizer(config: ConfigDict, workdir: str):
-  """(Tokenizer module, params, checkpoint dir, step) of the tokenizer this stage builds on."""
-  path = tokenizer_checkpoint_dir(config, workdir)
-  fix = (f"train one with `python train.py --config=<config>:tokenizer --workdir={workdir}` "
-         "or set --config.lam.tokenizer_checkpoint")
-  if not os.path.isdir(path):
-    raise CheckpointError(f"no tokenizer checkpoint at {path}; {fix}")
-  ckpt = checkpointing.Checkpointer(path, async_save=False)
-  step = ckpt.latest_step()
-  if step is None:
-    raise CheckpointError(f"no complete tokenizer checkpoint in {path}; {fix}")
-  saved = ckpt.restore_config(step)
-  if saved.get("stage") != "tokenizer":
-    raise CheckpointError(f"{path} holds a {saved.get('stage')!r} checkpoint, not a tokenizer; "
-                          "point --config.lam.tokenizer_checkpoint at a tokenizer stage")
-  checkpointing.check_compatible(saved, config, ("tokenizer", "data.image_size"), path)
-  params = ckpt.restore_params(step)
-  ckpt.close()
-  return make_tokenizer(config), params, path, step
-
-
-def load_trained(workdir: str, step: Optional[int] = None):
-  """(stage, params, step) of the latent action model trained in `workdir` (for eval/generate).
-
-  The stage carries the run's saved config, the frozen tokenizer and its parameters.
-  """
-  workdir = os.path.abspath(workdir)
-  path = os.path.join(workdir, "lam", "checkpoints")
-  ckpt = checkpointing.Checkpointer(path, async_save=False) if os.path.isdir(path) else None
-  step = ckpt.latest_step() if (ckpt and step is None) else step
-  if ckpt is None or step is None:
-    raise CheckpointError(f"no latent action model checkpoint in {path}; train one with "
-                          f"`python train.py --config=<config> --workdir={workdir}`")
-  config = ConfigDict(ckpt.restore_config(step))
-  params = ckpt.restore_params(step)
-  ckpt.close()
-  tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
-  num_agents = pipeline.load_metadata(config.data.dir)["config"]["num_agents"]
-  grid = (config.data.image_size // tokenizer.stride,) * 2
-  stage = LatentActionStage(config, tokenizer, tokenizer_params, grid=grid,
-                            num_agents=num_agents, data_dir=os.path.join(workdir, "tokens"))
-  return stage, params, step
 
 
 def action_usage(indices_btk: jnp.ndarray, num_codes: int) -> dict:
@@ -111,36 +52,18 @@ class LatentActionStage:
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
                grid, num_agents: int, data_dir: str = ""):
-    """Builds the world model on a given frozen tokenizer; `build` loads one from disk."""
-    self.config = config
-    lam = config.lam
+    """Builds the world model on a given frozen tokenizer; `build` loads one from disk.
+
+    The attributes of `models.LoadedWorldModel` (config, model, tokenizer,
+    tokenizer_params, grid, num_patches, num_agents, codebook) are the stage's too, so
+    evaluation and the rollout API take either.
+    """
+    loaded = models.assemble(config, tokenizer, tokenizer_params, grid=grid,
+                             num_agents=num_agents)
+    self.config, self.model, self.codebook = config, loaded.model, loaded.codebook
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
+    self.grid, self.num_patches, self.num_agents = loaded.grid, loaded.num_patches, loaded.num_agents
     self.data_dir = data_dir
-    self.grid = tuple(grid)
-    self.num_patches = int(np.prod(self.grid))
-    self.num_agents = int(num_agents)
-    codebook_size = fsq.codebook_size(config.tokenizer.levels)
-    # The frozen codebook: index -> z_q ("ExtractCode", Sec 4.2), [C, codebook_dim].
-    self.codebook = np.asarray(jax.jit(lambda p: self.tokenizer.apply(
-        {"params": p}, jnp.arange(codebook_size), method=Tokenizer.indices_to_features))(
-            self.tokenizer_params))
-    self.model = LatentActionWorldModel(
-        variant=lam.variant, num_patches=self.num_patches, codebook_size=codebook_size,
-        d_model=lam.d_model, num_heads=lam.num_heads, num_blocks=lam.num_blocks,
-        num_slots=lam.num_slots, slot_iterations=lam.slot_iterations,
-        recursive_init=lam.recursive_init, temporal_attention=lam.temporal_attention,
-        action_kind=lam.action_kind, action_levels=tuple(lam.action_levels),
-        action_latent_dim=lam.action_latent_dim,
-        scene_action_levels=tuple(lam.scene_action_levels), num_agents=self.num_agents,
-        aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
-        aggregator_blocks=lam.aggregator_blocks, feature_dim=self.codebook.shape[-1],
-        aggregator_residual=bool(lam.get("aggregator_residual", False)),
-        aggregator_context_dropout=float(lam.get("aggregator_context_dropout", 0.0)),
-        slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
-            lam.get("slot_reconstruction_weight", 0.0)),
-        fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),
-        dtype=compute_dtype(config),
-        remat=bool(lam.get("remat", False)))  # Older runs' saved configs lack the key.
 
   @staticmethod
   def check_config(config: ConfigDict) -> None:
@@ -168,7 +91,7 @@ class LatentActionStage:
   def build(cls, config: ConfigDict, workdir: str) -> "LatentActionStage":
     """Loads the frozen tokenizer checkpoint and caches its tokens in <workdir>/tokens."""
     cls.check_config(config)
-    tokenizer, params, ckpt_dir, step = load_frozen_tokenizer(config, workdir)
+    tokenizer, params, ckpt_dir, step = loading.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda p, f: tokenizer.apply(
         {"params": p}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     data_dir = os.path.join(workdir, "tokens")
@@ -265,12 +188,12 @@ class LatentActionStage:
     lam = self.config.lam
     variables = {"params": params}
     features, tokens = self.features(batch)
-    entities, _ = self.model.apply(variables, features, method=LatentActionWorldModel.entities)
+    entities, _ = self.model.apply(variables, features, method=WorldModel.entities)
     acts = self.model.apply(variables, entities, batch["actions"],
-                            method=LatentActionWorldModel.infer_actions)
+                            method=WorldModel.infer_actions)
     predict = lambda actions: self.model.apply(
         variables, entities, actions, features, tokens,
-        prediction_steps=lam.prediction_steps, method=LatentActionWorldModel.predict)
+        prediction_steps=lam.prediction_steps, method=WorldModel.predict)
     out = predict(acts["actions"])
     shuffled = jnp.roll(acts["actions"], 1, axis=0)  # Another window's actions.
     loss_inferred, accuracy = self._prediction_loss(out)
@@ -282,7 +205,7 @@ class LatentActionStage:
       rows = jnp.arange(tokens.shape[0]) * out["num_starts"] * lam.prediction_steps
       greedy = self.model.apply(variables, out["predicted_entities"][rows],
                                 out["anchor_tokens"][rows],
-                                method=LatentActionWorldModel.decode_tokens)
+                                method=WorldModel.decode_tokens)
       metrics["free_running_accuracy_step1"] = jnp.mean(
           (greedy == out["targets"][rows]).astype(jnp.float32))
       metrics["teacher_forced_accuracy_step1"] = jnp.mean(accuracy[rows])
@@ -290,33 +213,19 @@ class LatentActionStage:
 
   # ---- Pictures (Figs. 7-9): ground truth, slot masks, reconstruction, prediction. ----
   def visualize_arrays(self, params, batch):
-    lam = self.config.lam
+    p = self.config.lam.prediction_steps
     batch = {k: v[:NUM_PICTURE_WINDOWS] for k, v in batch.items()}
     features, tokens = self.features(batch)
     b, t, n = tokens.shape
-    p = lam.prediction_steps
-    variables = {"params": params}
-    entities, masks = self.model.apply(variables, features, method=LatentActionWorldModel.entities)
-    acts = self.model.apply(variables, entities, batch["actions"],
-                            method=LatentActionWorldModel.infer_actions)
-    predicted = self.model.apply(variables, entities[:, 0], acts["actions"][:, :p],
-                                 method=LatentActionWorldModel.rollout)  # [B, P, K, D]
-    k, d = predicted.shape[2:]
-    if lam.aggregator_mode == "classification":
-      pred_tokens = self.model.apply(variables, predicted.reshape(b * p, k, d),
-                                     jnp.repeat(tokens[:, 0], p, axis=0),
-                                     method=LatentActionWorldModel.decode_tokens)
-      pred_features = jnp.asarray(self.codebook)[pred_tokens]
-    else:
-      pred_features = self.model.apply(variables, predicted.reshape(b * p, k, d), None,
-                                       jnp.repeat(features[:, 0], p, axis=0),
-                                       method=LatentActionWorldModel.aggregate)
-    decode = lambda f: self.tokenizer.apply(  # [M, N, Dz] -> [M, H, W, 3]
-        {"params": self.tokenizer_params}, f.reshape((f.shape[0],) + self.grid + (-1,)),
-        method=Tokenizer.decode)
+    entities, masks = rollout.entities(self.model, params, features)
+    acts = rollout.infer_actions(self.model, params, entities, batch["actions"])
+    _, pred_features = rollout.predict(self.model, params, self.codebook, entities[:, 0],
+                                       acts["actions"][:, :p], tokens[:, 0])  # [B, P, N, Dz]
+    decode = lambda f: rollout.decode_pixels(self.tokenizer, self.tokenizer_params, f, self.grid)
     recon = decode(features.reshape(b * t, n, -1))  # [B*T, H, W, 3]
     out = dict(reconstruction=recon.reshape((b, t) + recon.shape[1:]),
-               prediction=decode(pred_features).reshape((b, p) + recon.shape[1:]))
+               prediction=decode(pred_features.reshape(b * p, n, -1)).reshape(
+                   (b, p) + recon.shape[1:]))
     if masks is not None:
       out["masks"] = masks  # [B, T, K, N]
     return out
@@ -330,13 +239,7 @@ class LatentActionStage:
     for i in range(b):
       rows = [recon[i]]
       if "masks" in arrays:
-        masks = np.asarray(arrays["masks"][i])  # [T, K, N]
-        k = masks.shape[1]
-        masks_tkhw = masks.reshape(t, k, *self.grid)
-        scale = height // self.grid[0]
-        masks_tkHW = masks_tkhw.repeat(scale, axis=2).repeat(scale, axis=3)
-        colors = SLOT_COLORS[np.arange(k) % len(SLOT_COLORS)]
-        rows.append(np.einsum("tkhw,kc->thwc", masks_tkHW, colors) * 0.7 + recon[i] * 0.3)
+        rows.append(images.mask_overlay(arrays["masks"][i], recon[i], self.grid))
       blank = np.ones((1, height, width, 3), np.float32)
       rows.append(np.concatenate([blank, pred[i], np.repeat(blank, t - 1 - pred.shape[1], 0)]))
       pictures[f"rollout_{i}"] = images.grid(rows)
