@@ -34,7 +34,7 @@ def test_forward_shapes(variant):
   features, tokens = stage.features(batch)
   out = jax.jit(lambda p, f, t, a: stage.model.apply(
       {"params": p}, f, t, a, prediction_steps=2, deterministic=False,
-      rngs={"action": jax.random.PRNGKey(1)}))(params, features, tokens, batch["actions"])
+      rngs={"action": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}))(params, features, tokens, batch["actions"])
   b, t, n = tokens.shape
   s, p = t - 2, 2
   num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_v2",
