@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from flam_jax.errors import ConfigError, FlamError
-from flam_jax.lib.config_utils import stage_config
+from flam_jax.lib.config_utils import parse_flags, stage_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally with :variant.",
@@ -91,21 +91,6 @@ def run(config, workdir: str) -> dict:
     if summary["preempted"]:
       break
   return summary
-
-
-def parse_flags(argv):
-  """absl flag parsing, with one-line errors for bad --config overrides instead of tracebacks."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("'\"")
-    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-    shown = where[0] if where else key
-    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
-          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
-  sys.exit(2)
 
 
 def main(argv):
