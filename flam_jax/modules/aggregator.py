@@ -27,8 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flam_jax.modules.transformer import CrossAttentionBlock
-from flam_jax.modules.transformer import SelfAttentionBlock
+from flam_jax.modules.transformer import DecoderBlock
 from flam_jax.modules.transformer import maybe_remat
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -86,8 +85,9 @@ class ClassificationAggregator(nn.Module):
   """Autoregressive index predictor over N patches, cross-attending to the slots.
 
   Position n's input is emb(c^{n-1}) + pos[n] with emb(c) = sum_j Embed_j(s_j(c))
-  and a learned start embedding at n = 0. Each block: causal SelfAttentionBlock
-  over patches, then CrossAttentionBlock to the (Dense-projected) slots. One Dense
+  and a learned start embedding at n = 0. Each block is a transformer decoder layer
+  (`DecoderBlock`): causal self-attention over patches, cross-attention to the
+  (Dense-projected) slots, one MLP. One Dense
   head per sub-token. Logits are a tuple, one float32 [B, N, S_j] array per
   sub-token.
 
@@ -141,15 +141,11 @@ class ClassificationAggregator(nn.Module):
     pos_nd = self.param("pos_embed", _EMBED_INIT, (self.num_patches, self.d_model), jnp.float32)
     x_bld = x_bld + pos_nd[positions_l][None]
 
-    mask = None if decode else nn.make_causal_mask(jnp.zeros((b, l), jnp.int32))
     remat = self.remat and not decode  # Decoding takes no gradients.
-    for i in range(self.num_blocks):
-      x_bld = maybe_remat(SelfAttentionBlock, remat)(
+    for i in range(self.num_blocks):  # Causal self-attention, cross-attention, one MLP.
+      x_bld = maybe_remat(DecoderBlock, remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          decode=decode, name=f"self_{i}")(x_bld, mask)
-      x_bld = maybe_remat(CrossAttentionBlock, remat)(
-          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"cross_{i}")(x_bld, slots_bkd)
+          decode=decode, causal=True, name=f"block_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
     return tuple(
         nn.Dense(size, dtype=self.dtype, name=f"head_{j}")(h_bld).astype(jnp.float32)
@@ -250,8 +246,8 @@ class RegressionAggregator(nn.Module):
   """Non-autoregressive feature regressor (Sec 5.4 "regression mode", later version).
 
   N patch queries (one shared learned query + a learned positional embedding per
-  patch) go through blocks of self-attention over patches and cross-attention to
-  the slots, then Dense to feature_dim: [B, K, D_s] -> [B, N, feature_dim].
+  patch) go through decoder layers (self-attention over patches, cross-attention to
+  the slots, one MLP), then Dense to feature_dim: [B, K, D_s] -> [B, N, feature_dim].
   """
 
   num_patches: int
@@ -272,13 +268,10 @@ class RegressionAggregator(nn.Module):
     query_d = self.param("query", _EMBED_INIT, (self.d_model,), jnp.float32)
     pos_nd = self.param("pos_embed", _EMBED_INIT, (n, self.d_model), jnp.float32)
     x_bnd = jnp.broadcast_to(query_d + pos_nd, (b, n, self.d_model))
-    for i in range(self.num_blocks):
-      x_bnd = maybe_remat(SelfAttentionBlock, self.remat)(
+    for i in range(self.num_blocks):  # Self-attention, cross-attention, one MLP.
+      x_bnd = maybe_remat(DecoderBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"self_{i}")(x_bnd)
-      x_bnd = maybe_remat(CrossAttentionBlock, self.remat)(
-          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"cross_{i}")(x_bnd, slots_bkd)
+          name=f"block_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
     out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, name="head")(h_bnd)
     out_bnf = out_bnf.astype(jnp.float32)
