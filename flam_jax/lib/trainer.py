@@ -148,6 +148,9 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
     if is_chief:
       print(f"Resumed from {ckpt.directory} at step {start_step}", flush=True)
   start_step = int(jax.device_get(state.step))
+  logging.info("mesh %s; per device: %.1f MiB parameters, %.1f MiB optimizer state",
+               dict(mesh.shape), sharding.bytes_per_device(state.params) / 2**20,
+               sharding.bytes_per_device(state.opt_state) / 2**20)
 
   writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
   train_step = jit_train_step(stage, config, mesh, tx)
