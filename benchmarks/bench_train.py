@@ -46,13 +46,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from flam_jax.cli import parse_flags
 from flam_jax.data import multigrid, pipeline, tokens
 from flam_jax.errors import ConfigError, FlamError
 from flam_jax.lib import flops, optim, sharding, trainer
-from flam_jax.lib.config_utils import parse_flags, stage_config
+from flam_jax.lib.config_utils import stage_config
+from flam_jax.lib.models import make_tokenizer
 from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.stages.lam import LatentActionStage
-from flam_jax.stages.tokenizer import TokenizerStage, make_tokenizer
+from flam_jax.stages.tokenizer import TokenizerStage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally with :variant.",

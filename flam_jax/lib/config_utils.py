@@ -1,9 +1,6 @@
 """Config helpers shared by train.py, the benchmarks and the experiments."""
 
-import sys
 from typing import Any, Dict
-
-from absl import flags
 
 from ml_collections import ConfigDict
 
@@ -38,18 +35,3 @@ def stage_config(config: ConfigDict, name: str) -> ConfigDict:
     config.update_from_flattened_dict(flat)
   config.stage = name
   return config
-
-
-def parse_flags(argv):
-  """absl flag parsing, with one-line errors for bad --config overrides instead of tracebacks."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("'\"")
-    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-    shown = where[0] if where else key
-    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
-          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
-  sys.exit(2)
