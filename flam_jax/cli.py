@@ -6,6 +6,7 @@ status 2; absl logging defaults to WARNING (orbax and grain are chatty at INFO; 
 shows it).
 """
 
+import os
 import sys
 from typing import Callable
 
@@ -20,13 +21,32 @@ def define_workdir_flag(help_text: str) -> None:
   flags.DEFINE_string("workdir", None, help_text)
 
 
+def resolve_config_path(value: str) -> str:
+  """`configs/<file>.py[:arg]` from the installed configs package when not under the cwd."""
+  path, sep, arg = value.partition(":")
+  if os.path.exists(path) or not path.startswith("configs" + os.sep):
+    return value
+  import configs  # pylint: disable=g-import-not-at-top
+  packaged = os.path.join(os.path.dirname(configs.__file__), path[len("configs" + os.sep):])
+  return (packaged if os.path.exists(packaged) else path) + sep + arg
+
+
 def parse_flags(argv):
-  """absl flag parsing with a one-line error instead of a traceback."""
+  """absl flag parsing with a one-line error instead of a traceback, for bad flags and for
+  unknown `--config.<key>` overrides; `--config=configs/...` resolves as `resolve_config_path`."""
+  argv = [("--config=" + resolve_config_path(a[len("--config="):])
+           if a.startswith("--config=") else a) for a in argv]
   try:
     return FLAGS(argv)
   except flags.Error as e:
     print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-    sys.exit(2)
+  except (AttributeError, KeyError) as e:  # ml_collections' unknown override key.
+    key = str(e).strip("'\"")
+    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+    shown = where[0] if where else key
+    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
+          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
+  sys.exit(2)
 
 
 def fail(message: str) -> None:
@@ -49,7 +69,7 @@ def _wrap(main: Callable) -> Callable:
   return wrapped
 
 
-def run(main: Callable, define_flags: Callable[[], None], flags_parser=parse_flags) -> None:
+def run(main: Callable, define_flags: Callable[[], None]) -> None:
   """Defines the program's flags, then runs `main` under the conventions above."""
   define_flags()
-  app.run(_wrap(main), flags_parser=flags_parser)
+  app.run(_wrap(main), flags_parser=parse_flags)

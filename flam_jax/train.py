@@ -99,33 +99,6 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-def resolve_config_path(value: str) -> str:
-  """`configs/<file>.py[:arg]` from the installed configs package when not under the cwd."""
-  path, sep, arg = value.partition(":")
-  if os.path.exists(path) or not path.startswith("configs" + os.sep):
-    return value
-  import configs  # pylint: disable=g-import-not-at-top
-  packaged = os.path.join(os.path.dirname(configs.__file__), path[len("configs" + os.sep):])
-  return (packaged if os.path.exists(packaged) else path) + sep + arg
-
-
-def parse_flags(argv):
-  """absl flag parsing, with one-line errors for bad --config overrides instead of tracebacks."""
-  argv = [("--config=" + resolve_config_path(a[len("--config="):])
-           if a.startswith("--config=") else a) for a in argv]
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("'\"")
-    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-    shown = where[0] if where else key
-    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
-          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
-  sys.exit(2)
-
-
 def define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Path to an ml_collections config file, optionally with :variant.",
@@ -143,4 +116,4 @@ def main(argv):
 
 def run_cli() -> None:
   """Console entry point `flam-train` (and `python train.py`)."""
-  cli.run(main, define_flags, flags_parser=parse_flags)
+  cli.run(main, define_flags)

@@ -21,12 +21,12 @@ def test_console_scripts_resolve():
 
 
 def test_packaged_config_path_resolves_from_elsewhere(tmp_path, monkeypatch):
-  from flam_jax import train  # pylint: disable=g-import-not-at-top
+  from flam_jax import cli  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
-  resolved = train.resolve_config_path("configs/quickstart.py:flam")
+  resolved = cli.resolve_config_path("configs/quickstart.py:flam")
   assert resolved.endswith(os.path.join("configs", "quickstart.py") + ":flam")
   assert os.path.isfile(resolved.partition(":")[0])
-  assert train.resolve_config_path("other/file.py") == "other/file.py"
+  assert cli.resolve_config_path("other/file.py") == "other/file.py"
 
 
 @pytest.mark.parametrize("module, args, message", [

@@ -1,4 +1,4 @@
-"""Data-parallel training over 8 simulated CPU devices equals training on one device."""
+"""Data-parallel and FSDP training over 8 simulated CPU devices equal training on one device."""
 
 import os
 import subprocess
@@ -9,12 +9,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("stage", ["tokenizer", "lam"])
-def test_sharded_step_matches_single_device(stage):
+@pytest.mark.parametrize("stage,model_axis_size", [("tokenizer", 1), ("lam", 1), ("lam", 8),
+                                                   ("tokenizer", 4)])
+def test_sharded_step_matches_single_device(stage, model_axis_size):
   flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   env = dict(os.environ, XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-m", "tests.sharding_check", stage], env=env, cwd=ROOT,
+  out = subprocess.run([sys.executable, "-m", "tests.sharding_check", stage,
+                                               str(model_axis_size)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert "equal" in out.stdout
@@ -28,8 +30,19 @@ def test_mesh_axes_and_batch_size_errors():
   with pytest.raises(ConfigError, match="model_axis_size"):
     sharding.make_mesh(0)
 
-  class TwoWayDataMesh:
-    shape = {"data": 2}
+  class TwoByTwoMesh:
+    shape = {"data": 2, "model": 2}
 
-  with pytest.raises(ConfigError, match="batch_size=3"):
-    sharding.check_batch_size(3, TwoWayDataMesh())
+  with pytest.raises(ConfigError, match="batch_size=6 is not divisible by the 4 devices"):
+    sharding.check_batch_size(6, TwoByTwoMesh())
+
+
+def test_fsdp_spec_picks_largest_divisible_dimension():
+  from jax.sharding import PartitionSpec as P
+  from flam_jax.lib import sharding
+  assert sharding.fsdp_spec((3, 3, 64, 128), 8) == P(None, None, None, "model")
+  assert sharding.fsdp_spec((256, 1024), 4) == P(None, "model")
+  assert sharding.fsdp_spec((24, 20), 8) == P("model")  # 20 is not divisible by 8.
+  assert sharding.fsdp_spec((5, 3), 8) == P()  # Nothing divisible: replicated.
+  assert sharding.fsdp_spec((), 8) == P()
+  assert sharding.fsdp_spec((256, 1024), 1) == P()

@@ -1,10 +1,15 @@
-"""Device mesh, multi-host initialisation and batch placement, on JAX's own runtime.
+"""Device mesh, multi-host initialisation, batch placement and FSDP, on JAX's own runtime.
 
-The mesh has two axes: `data` (the batch is split across it) and `model`. Every
-parameter is replicated on every device and nothing is split over `model`: with
-`model_axis_size` > 1 its devices hold copies of the same batch shard and repeat the
-same work (size 1, the default, is the useful setting). Both axes use Auto axis
-types: `with_sharding_constraint` fails under Explicit axes on jax 0.10.
+The mesh is [data, model] over all devices of all processes. The batch is split over
+both axes (every device gets batch / device_count examples). The `model` axis is the
+parameter axis: parameters and optimizer state are sharded along it, each array on its
+largest dimension divisible by the axis size (fully sharded data parallelism, ZeRO-3
+style; arrays with no such dimension are replicated). `config.mesh.model_axis_size`
+is the one switch: 1 (the default) replicates the state on every device (plain data
+parallelism); the device count shards it over all devices; values between shard it
+within groups of that many devices and replicate it across groups. XLA inserts the
+all-gathers of parameters and the reduce-scatters of gradients. Both axes use Auto
+axis types: `with_sharding_constraint` fails under Explicit axes on jax 0.10.
 """
 
 import os
@@ -63,18 +68,40 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over the data axis; the rest replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) dimension split over all devices (data and model axes); the rest replicated."""
+  return NamedSharding(mesh, P((DATA_AXIS, MODEL_AXIS)))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """Returns the per-process batch size, or raises a ConfigError naming the fix."""
-  data_size = mesh.shape[DATA_AXIS]
-  if global_batch_size % data_size:
+  num_devices = mesh.shape[DATA_AXIS] * mesh.shape[MODEL_AXIS]
+  if global_batch_size % num_devices:
     raise ConfigError(
-        f"config.batch_size={global_batch_size} is not divisible by the {data_size} devices "
-        f"of the data axis; use a multiple of {data_size}")
+        f"config.batch_size={global_batch_size} is not divisible by the {num_devices} devices "
+        f"of the mesh; use a multiple of {num_devices}")
   return global_batch_size // jax.process_count()
+
+
+def fsdp_spec(shape, axis_size: int) -> P:
+  """Partition spec of one state array: its largest dimension divisible by `axis_size`
+  (the first such if tied) split over the model axis; replicated if there is none."""
+  divisible = [(size, -d) for d, size in enumerate(shape) if size % axis_size == 0]
+  if axis_size == 1 or not divisible:
+    return P()
+  dim = -max(divisible)[1]
+  return P(*([None] * dim + [MODEL_AXIS]))
+
+
+def state_sharding(tree, mesh: Mesh):
+  """NamedShardings of a pytree of arrays (or shape structs) under the FSDP rule above."""
+  axis_size = mesh.shape[MODEL_AXIS]
+  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, axis_size)), tree)
+
+
+def bytes_per_device(tree) -> int:
+  """Bytes the arrays of `tree` occupy on one device (its first addressable shard of each)."""
+  return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree)
+             if isinstance(x, jax.Array))
 
 
 def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:

@@ -48,16 +48,21 @@ class _PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array) -> Callable:
-  """(state, batch) -> (state, metrics): loss, gradients, clipped AdamW update."""
+def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array,
+                    shard: Callable = lambda tree: tree) -> Callable:
+  """(state, batch) -> (state, metrics): loss, gradients, clipped AdamW update.
+
+  `shard` places the gradients and the new state (a sharding constraint under jit).
+  """
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array]):
     rng = jax.random.fold_in(base_rng, state.step)
     (loss, metrics), grads = jax.value_and_grad(stage.loss, has_aux=True)(state.params, batch, rng)
+    grads = shard(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return shard(TrainState(step=state.step + 1, params=params, opt_state=opt_state)), metrics
 
   return train_step
 
@@ -76,22 +81,32 @@ def dummy_batch(metadata: dict, config: ConfigDict, fields, batch_size: int = 1)
 
 
 def create_train_state(stage, config: ConfigDict, example_batch, mesh, tx) -> TrainState:
-  """Initialises params and optimizer state directly into their (replicated) shardings."""
+  """Initialises params and optimizer state directly into their shardings (FSDP over the
+  mesh's model axis, `sharding.state_sharding`; replicated when it has size 1)."""
 
   def init(rng):
     params = stage.init(rng, example_batch)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   rng = jax.random.PRNGKey(config.seed)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(rng)
+  shardings = sharding.state_sharding(jax.eval_shape(init, rng), mesh)
+  return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
-  """The one compiled step: state replicated (and donated), batch split over the data axis."""
-  state_sharding = sharding.replicated(mesh)
-  return jax.jit(make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1)),
-                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, state_sharding), donate_argnums=(0,))
+  """The one compiled step: state in its FSDP sharding (and donated), batch split over the
+  devices, metrics replicated. Input shardings come from the arguments (`create_train_state`,
+  a restored checkpoint and `sharding.to_global_batch` place them); the new state and the
+  gradients are constrained to the state's sharding, so gradients are reduce-scattered."""
+  train_step = make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1),
+                               shard=lambda tree: jax.lax.with_sharding_constraint(
+                                   tree, sharding.state_sharding(tree, mesh)))
+
+  def sharded_step(state, batch):
+    state, metrics = train_step(state, batch)
+    return state, jax.lax.with_sharding_constraint(metrics, sharding.replicated(mesh))
+
+  return jax.jit(sharded_step, donate_argnums=(0,))
 
 
 def abstract_like(state: Any) -> Any:
@@ -134,6 +149,9 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
     if is_chief:
       print(f"Resumed from {ckpt.directory} at step {start_step}", flush=True)
   start_step = int(jax.device_get(state.step))
+  logging.info("mesh %s; per device: %.1f MiB parameters, %.1f MiB optimizer state",
+               dict(mesh.shape), sharding.bytes_per_device(state.params) / 2**20,
+               sharding.bytes_per_device(state.opt_state) / 2**20)
 
   writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
   train_step = jit_train_step(stage, config, mesh, tx)

@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flam_jax.modules.transformer import CrossAttentionBlock
-from flam_jax.modules.transformer import SelfAttentionBlock
+from flam_jax.modules.transformer import DecoderBlock
 from flam_jax.modules.transformer import maybe_remat
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -108,11 +107,12 @@ class ClassificationAggregator(nn.Module):
   """Autoregressive index predictor over N patches, cross-attending to the slots.
 
   Position n's input is emb(c^{n-1}) + pos[n] (a learned start embedding at n = 0),
-  plus emb_anchor(c_anchor^n) when an anchor frame is given. Each block: causal
-  SelfAttentionBlock over patches, then CrossAttentionBlock to the (Dense-projected)
-  slots. Hierarchical heads: sub-token j is predicted from h + sum_{i<j} E_i(s_i), the
-  true s_<j under teacher forcing and the greedy ones when decoding. Logits are a
-  tuple, one float32 [B, N, S_j] array per sub-token.
+  plus emb_anchor(c_anchor^n) when an anchor frame is given. Each block is a
+  transformer decoder layer (`DecoderBlock`): causal self-attention over patches,
+  cross-attention to the (Dense-projected) slots, one MLP. Hierarchical heads:
+  sub-token j is predicted from h + sum_{i<j} E_i(s_i), the true s_<j under teacher
+  forcing and the greedy ones when decoding. Logits are a tuple, one float32 [B, N, S_j]
+  array per sub-token.
 
   Use `__call__` for teacher-forced training (fully parallel) and `decode` for
   greedy generation (lax.scan over patches, optional key/value cache). `loss` and
@@ -170,15 +170,11 @@ class ClassificationAggregator(nn.Module):
     if anchor_indices_bl is not None:
       x_bld = x_bld + _embed_subtokens(anchor_indices_bl, sizes, self.d_model, "anchor_embed")
 
-    mask = None if decode else nn.make_causal_mask(jnp.zeros((b, l), jnp.int32))
     remat = self.remat and not decode  # Decoding takes no gradients.
-    for i in range(self.num_blocks):
-      x_bld = maybe_remat(SelfAttentionBlock, remat)(
+    for i in range(self.num_blocks):  # Causal self-attention, cross-attention, one MLP.
+      x_bld = maybe_remat(DecoderBlock, remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          decode=decode, name=f"self_{i}")(x_bld, mask)
-      x_bld = maybe_remat(CrossAttentionBlock, remat)(
-          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"cross_{i}")(x_bld, slots_bkd)
+          decode=decode, causal=True, name=f"block_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
     logits, chosen = [], []
     for j, size in enumerate(sizes):  # Hierarchical heads (static, 2 in practice).
@@ -295,8 +291,8 @@ class RegressionAggregator(nn.Module):
   """Non-autoregressive feature regressor (Sec 5.4 "regression mode", later version).
 
   N patch queries (one shared learned query + a learned positional embedding per
-  patch) go through blocks of self-attention over patches and cross-attention to
-  the slots, then Dense to feature_dim: [B, K, D_s] -> [B, N, feature_dim].
+  patch) go through decoder layers (self-attention over patches, cross-attention to
+  the slots, one MLP), then Dense to feature_dim: [B, K, D_s] -> [B, N, feature_dim].
   """
 
   num_patches: int
@@ -326,13 +322,10 @@ class RegressionAggregator(nn.Module):
       chex.assert_shape(anchor_bnf, (b, n, self.feature_dim))
       x_bnd = x_bnd + nn.Dense(self.d_model, dtype=self.dtype, name="anchor_proj")(
           anchor_bnf).astype(jnp.float32)
-    for i in range(self.num_blocks):
-      x_bnd = maybe_remat(SelfAttentionBlock, self.remat)(
+    for i in range(self.num_blocks):  # Self-attention, cross-attention, one MLP.
+      x_bnd = maybe_remat(DecoderBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"self_{i}")(x_bnd)
-      x_bnd = maybe_remat(CrossAttentionBlock, self.remat)(
-          num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          name=f"cross_{i}")(x_bnd, slots_bkd)
+          name=f"block_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
     out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, name="head")(h_bnd)
     out_bnf = out_bnf.astype(jnp.float32)

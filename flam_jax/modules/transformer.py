@@ -1,15 +1,44 @@
 """Pre-LayerNorm transformer building blocks shared by the factorizer, IDM, FDM and aggregator.
 
 All blocks take `dtype` (the compute dtype, e.g. bfloat16) and keep parameters in
-float32 (flax's default `param_dtype`), so mixed precision is one config switch.
-LayerNorms run in float32; attention logits and their softmax run in the compute dtype
-(flax's `force_fp32_for_softmax` is not set), as do the Dense layers.
+float32 (`param_dtype`), so mixed precision is one config switch. LayerNorms and
+attention softmaxes run in float32 for stability.
+
+Attention goes through `jax.nn.dot_product_attention` (`attention` below): cuDNN's fused
+flash attention on a GPU where it applies (bfloat16/float16, supported head sizes), XLA's
+implementation elsewhere; both compute the logits and the softmax in float32.
 """
 
+import functools
 from typing import Optional, Type
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
+
+
+def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = False):
+  """A flax `attention_fn`: softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention.
+
+  query [..., q, heads, d], key and value [..., k, heads, d], `mask` (boolean or 0/1) broadcastable
+  to [..., heads, q, k] (True: attend). Leading batch dims are folded into one (the fused
+  kernel takes [B, T, N, H]). `is_causal` masks key positions after the query's without a
+  mask array, which lets the fused kernel skip them. No attention dropout (none is used).
+  """
+  batch_shape = query.shape[:-3]
+  fold = lambda x: x.reshape((-1,) + x.shape[-3:])
+  if mask is not None:
+    mask = jnp.asarray(mask).astype(bool)  # flax masks may be float 0/1.
+    mask_batch = mask.shape[:-3]
+    if all(d == 1 for d in mask_batch):  # Shared by the whole batch (e.g. a causal mask).
+      mask = mask.reshape((1,) + mask.shape[-3:])
+    else:
+      mask = fold(jnp.broadcast_to(mask, batch_shape + mask.shape[-3:]))
+  dtype = dtype or query.dtype
+  out = jax.nn.dot_product_attention(
+      fold(query).astype(dtype), fold(key).astype(dtype), fold(value).astype(dtype),
+      mask=mask, is_causal=is_causal)
+  return out.reshape(batch_shape + out.shape[-3:])
 
 
 class MLP(nn.Module):
@@ -26,24 +55,48 @@ class MLP(nn.Module):
     return nn.Dense(out_dim, dtype=self.dtype, name="fc2")(x)
 
 
+def _self_attention(x, mask, *, num_heads, dtype, decode, causal, ln_name, attn_name):
+  """x + MHA(LN(x)), built inside the calling module's compact method under the given names."""
+  h = nn.LayerNorm(dtype=jnp.float32, name=ln_name)(x)
+  h = nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, decode=decode, name=attn_name,
+      attention_fn=functools.partial(attention, is_causal=causal and not decode))(h, h, mask=mask)
+  return x + h.astype(x.dtype)
+
+
+def _cross_attention(x, context, mask, *, num_heads, dtype, attn_name, ln_q_name, ln_kv_name):
+  """x + MHA(LN(x), LN(context)), built inside the calling module's compact method."""
+  q = nn.LayerNorm(dtype=jnp.float32, name=ln_q_name)(x)
+  kv = nn.LayerNorm(dtype=jnp.float32, name=ln_kv_name)(context)
+  h = nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, name=attn_name, attention_fn=attention)(q, kv, mask=mask)
+  return x + h.astype(x.dtype)
+
+
+def _mlp_residual(x, mlp_ratio, dtype):
+  h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
+  h = MLP(int(x.shape[-1] * mlp_ratio), dtype=dtype, name="mlp")(h)
+  return x + h.astype(x.dtype)
+
+
 class SelfAttentionBlock(nn.Module):
-  """x + MHA(LN(x)) then x + MLP(LN(x)); `mask` is broadcastable to [..., heads, q, k]."""
+  """x + MHA(LN(x)) then x + MLP(LN(x)); `mask` is broadcastable to [..., heads, q, k].
+
+  `causal`: each position attends to itself and earlier ones (no mask array needed). In
+  `decode` mode the flax cache masks the not-yet-written positions instead.
+  """
 
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: jnp.dtype = jnp.float32
   decode: bool = False  # Key/value cache for autoregressive decoding (flax 'cache' collection).
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x, mask: Optional[jnp.ndarray] = None):
-    h = nn.LayerNorm(dtype=jnp.float32, name="ln_attn")(x)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, decode=self.decode, name="attn")(
-            h, h, mask=mask)
-    x = x + h.astype(x.dtype)
-    h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
-    h = MLP(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-    return x + h.astype(x.dtype)
+    x = _self_attention(x, mask, num_heads=self.num_heads, dtype=self.dtype, decode=self.decode,
+                        causal=self.causal, ln_name="ln_attn", attn_name="attn")
+    return _mlp_residual(x, self.mlp_ratio, self.dtype)
 
 
 def maybe_remat(block_cls: Type[nn.Module], remat: bool) -> Type[nn.Module]:
@@ -64,11 +117,25 @@ class CrossAttentionBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, context, mask: Optional[jnp.ndarray] = None):
-    q = nn.LayerNorm(dtype=jnp.float32, name="ln_q")(x)
-    kv = nn.LayerNorm(dtype=jnp.float32, name="ln_kv")(context)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, name="attn")(q, kv, mask=mask)
-    x = x + h.astype(x.dtype)
-    h = nn.LayerNorm(dtype=jnp.float32, name="ln_mlp")(x)
-    h = MLP(int(x.shape[-1] * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
-    return x + h.astype(x.dtype)
+    x = _cross_attention(x, context, mask, num_heads=self.num_heads, dtype=self.dtype,
+                         attn_name="attn", ln_q_name="ln_q", ln_kv_name="ln_kv")
+    return _mlp_residual(x, self.mlp_ratio, self.dtype)
+
+
+class DecoderBlock(nn.Module):
+  """A transformer decoder layer: x + SelfMHA(LN(x)), x + MHA(LN(x), LN(context)), then
+  x + MLP(LN(x)): self-attention (causal if `causal`) and cross-attention share one MLP."""
+
+  num_heads: int
+  mlp_ratio: float = 4.0
+  dtype: jnp.dtype = jnp.float32
+  decode: bool = False  # Key/value cache of the self-attention (flax 'cache' collection).
+  causal: bool = False
+
+  @nn.compact
+  def __call__(self, x, context):
+    x = _self_attention(x, None, num_heads=self.num_heads, dtype=self.dtype, decode=self.decode,
+                        causal=self.causal, ln_name="ln_self", attn_name="self_attn")
+    x = _cross_attention(x, context, None, num_heads=self.num_heads, dtype=self.dtype,
+                         attn_name="cross_attn", ln_q_name="ln_q", ln_kv_name="ln_kv")
+    return _mlp_residual(x, self.mlp_ratio, self.dtype)

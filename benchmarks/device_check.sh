@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU check of issue 12, one script, under 8 minutes on one H200:
+#   1. tokenizer, FLAM and LAM train steps at Table 4 size (configs/multigrid.py: 128 px,
+#      16x16 tokens, d_model 256, T 10, P 5) in bfloat16 at batch 64, or the largest of
+#      64/32/16/8 that fits, with utilisation against a bfloat16 matmul measured in the same
+#      process (benchmarks/bench_train.py; attention is jax.nn.dot_product_attention, which
+#      picks cuDNN flash attention for bfloat16 on a GPU);
+#   2. KV-cached aggregator rollout frames/s at batch 1, 128 px (benchmarks/bench_rollout.py);
+#   3. the PyTorch peer at the same configs, when `import torch` works (bench_train --peer).
+# Writes $OUT/*.log and *.json (default benchmarks/device_out) and prints a summary.
+#
+#   bash benchmarks/device_check.sh                 # from the repository root
+#
+# Needs python3 with jax[cuda], flax, optax, orbax, chex (the device image has them). The
+# repository also imports ml_collections and grain; where they are missing they are installed
+# from wheels in $WHEELS (default benchmarks/device_wheels, git-ignored), never from the
+# network. Fill that folder on a machine with the registry, for the device's python (3.12):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#     --platform manylinux_2_28_x86_64 --platform any -d benchmarks/device_wheels \
+#     grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 absl-py tqdm
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-benchmarks/device_out}
+WHEELS=${WHEELS:-benchmarks/device_wheels}
+PEER_DIR=${PEER_DIR:-../shared/peers/torch_flam}
+STEP_TIMEOUT=${STEP_TIMEOUT:-150}  # Seconds per bench_train run (compile + 5 steps + peer).
+mkdir -p "$OUT"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
+
+if ! $PY -c "import ml_collections, grain" 2>/dev/null; then
+  if [ -d "$WHEELS" ]; then
+    $PY -m pip install -q --no-index --find-links "$WHEELS" grain ml_collections absl-py tqdm \
+      || { echo "device_check: installing from $WHEELS failed"; exit 3; }
+  else
+    echo "device_check: ml_collections/grain are missing and $WHEELS does not exist; fill it" \
+         "with the pip download command at the top of this script"; exit 3
+  fi
+fi
+$PY -c "import jax; print('device_check:', jax.devices(), 'jax', jax.__version__)" | tee "$OUT/device.txt"
+
+PEER_FLAGS=()
+if $PY -c "import torch" 2>/dev/null && [ -f "$PEER_DIR/bench.py" ]; then
+  PEER_FLAGS=(--peer --peer_python="$(command -v $PY)" --peer_dir="$PEER_DIR" --peer_steps=5)
+else
+  echo "device_check: no torch or no peer at $PEER_DIR: the PyTorch peer is skipped"
+fi
+
+# One train step benchmark at the largest batch of 64/32/16/8 that compiles and runs.
+bench() {
+  local name=$1; shift
+  for batch in 64 32 16 8; do
+    timeout "$STEP_TIMEOUT" $PY benchmarks/bench_train.py "$@" --config.batch_size=$batch \
+      --config.compute_dtype=bfloat16 --steps=5 --out="$OUT/$name.json" \
+      > "$OUT/$name.log" 2>&1
+    local rc=$?
+    if [ $rc -eq 0 ]; then echo "$name: batch $batch"; tail -n 2 "$OUT/$name.log"; return 0; fi
+    if ! grep -qi "resource_exhausted\|out of memory" "$OUT/$name.log"; then
+      echo "$name: failed (rc $rc) at batch $batch:"; tail -n 5 "$OUT/$name.log"; return 1
+    fi
+    echo "$name: batch $batch does not fit, trying half"
+  done
+}
+
+bench tokenizer --config=configs/multigrid.py:tokenizer "${PEER_FLAGS[@]}"
+bench flam --config=configs/multigrid.py:flam "${PEER_FLAGS[@]}"
+bench lam --config=configs/multigrid.py:lam "${PEER_FLAGS[@]}"
+timeout 120 $PY benchmarks/bench_rollout.py --configs=multigrid --batch_size=1 \
+  > "$OUT/rollout.log" 2>&1; echo "rollout (batch 1, 128 px): rc $?"; tail -n 3 "$OUT/rollout.log"
+echo "device_check: figures in $OUT"
