@@ -56,19 +56,14 @@ def test_bc_loss_falls():
   policy = TokenPolicy(num_actions=4, channels=(8,), hidden=32)
   params = policy.init(jax.random.PRNGKey(0), features[:1])["params"]
   tx = optax.adam(3e-3)
-  opt_state = tx.init(params)
+  loss_fn = lambda p: cross_entropy(policy.apply({"params": p}, features), jnp.asarray(labels))[0]
 
-  @jax.jit
-  def step(params, opt_state):
-    loss, grads = jax.value_and_grad(lambda p: cross_entropy(policy.apply({"params": p}, features),
-                                                             jnp.asarray(labels))[0])(params)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def step(carry, _):
+    grads = jax.grad(loss_fn)(carry[0])
+    updates, opt_state = tx.update(grads, carry[1])
+    return (optax.apply_updates(carry[0], updates), opt_state), loss_fn(carry[0])
 
-  losses = []
-  for _ in range(150):
-    params, opt_state, loss = step(params, opt_state)
-    losses.append(float(loss))
+  _, losses = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=150))(params)
   assert losses[-1] < 0.25 * losses[0], (losses[0], losses[-1])
 
 
