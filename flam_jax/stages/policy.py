@@ -146,7 +146,9 @@ class PolicyStage:
       lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
       tokenizer, tok_params = lam.tokenizer, lam.tokenizer_params
       tok_dir = lam_stage_lib.tokenizer_checkpoint_dir(lam.config, lam_workdir)
-      tok_step = checkpointing.Checkpointer(tok_dir, async_save=False).latest_step()
+      tok_ckpt = checkpointing.Checkpointer(tok_dir, async_save=False)
+      tok_step = tok_ckpt.latest_step()
+      tok_ckpt.close()
     else:
       tokenizer, tok_params, tok_dir, tok_step = lam_stage_lib.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda prm, f: tokenizer.apply(
