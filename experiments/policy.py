@@ -136,7 +136,8 @@ class PolicyExperiment(common.Experiment):
     evaluation = common._read_json(path)  # pylint: disable=protected-access
     if evaluation and evaluation["key"]["step"] >= steps:
       return evaluation
-    print(f"[{self.name}] policy {mode_label}, {labels} labels, {num_agents - 1} distractors, "
+    labelled = "every transition labelled" if mode == "true_actions" else f"{labels} labels"
+    print(f"[{self.name}] policy {mode_label}, {labelled}, {num_agents - 1} distractors, "
           f"seed {seed} in {workdir}", flush=True)
     import train  # pylint: disable=g-import-not-at-top
     start = time.time()
