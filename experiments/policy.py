@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from experiments import common
+from experiments import common, runner, settings
+from experiments import plots as plots_lib
+from experiments import report as report_lib
 
 flags.DEFINE_list("distractors", [], "Numbers of distractors (default: the setting's).")
 flags.DEFINE_list("labels", [], "Numbers of labelled transitions (default: the setting's).")
@@ -42,7 +44,7 @@ KEYS = ("success_rate", "mean_return", "pseudo_label_accuracy")
 
 @dataclasses.dataclass(frozen=True)
 class PolicySetting:
-  """The goal task and policy stage of one setting (world models: common's setting)."""
+  """The goal task and policy stage of one setting (world models: settings.Setting)."""
 
   image_size: int
   grid_size: int
@@ -68,8 +70,8 @@ POLICY_SETTINGS = {
 }
 
 
-class PolicyExperiment(common.Experiment):
-  """common.Experiment on goal-task demonstrations instead of random Multigrid."""
+class PolicyExperiment(runner.Experiment):
+  """runner.Experiment on goal-task demonstrations instead of random Multigrid."""
 
   def __init__(self, policy_setting: PolicySetting, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -86,7 +88,7 @@ class PolicyExperiment(common.Experiment):
   def tokenizer_dir(self, num_agents: int) -> str:
     return os.path.join(self.runs_dir, f"goal_tokenizer_{num_agents}a")
 
-  def workdir(self, run: common.Run) -> str:
+  def workdir(self, run: runner.Run) -> str:
     return os.path.join(self.runs_dir, f"goal_{run.group}", f"seed{run.seed}")
 
   def task(self, num_agents: int):
@@ -97,9 +99,9 @@ class PolicyExperiment(common.Experiment):
 
   def ensure_data(self, num_agents: int) -> str:
     """Expert demonstrations of the goal task with num_agents - 1 distractors."""
-    from flam_jax.data import goal_task, multigrid  # pylint: disable=g-import-not-at-top
+    from flam_jax.data import goal_task, records  # pylint: disable=g-import-not-at-top
     out = self.data_dir(num_agents)
-    if os.path.exists(os.path.join(out, multigrid.METADATA_FILE)):
+    if os.path.exists(os.path.join(out, records.METADATA_FILE)):
       return out
     print(f"[{self.name}] writing {self.task_setting.episodes} demonstrations with "
           f"{num_agents - 1} distractor(s) into {out}", flush=True)
@@ -117,7 +119,7 @@ class PolicyExperiment(common.Experiment):
     """Trains (unless finished) and evaluates one policy; returns its evaluation.json."""
     _, mode, variant, _ = next(m for m in MODES if m[0] == mode_label)
     ps = self.task_setting
-    lam_run = common.Run(label=variant or "flam", variant=variant or "flam",
+    lam_run = runner.Run(label=variant or "flam", variant=variant or "flam",
                          num_agents=num_agents, seed=seed)
     if variant:
       self.ensure_run(lam_run)
@@ -127,23 +129,23 @@ class PolicyExperiment(common.Experiment):
     config.stage = "policy"
     config.policy.update(dict(ps.policy, mode=mode, num_labels=0 if mode == "true_actions" else labels,
                               lam_workdir=self.workdir(lam_run) if variant else ""))
-    steps = common._scaled(ps.steps, self.steps_scale)  # pylint: disable=protected-access
+    steps = settings.scaled(ps.steps, self.steps_scale)
     for node in (config, config.per_stage.policy):
       node.num_train_steps, node.batch_size = steps, ps.batch_size
     config.checkpoint_every_steps = max(1, steps // 4)
     workdir = self.policy_workdir(num_agents, mode_label, labels, seed)
     path = os.path.join(workdir, "policy", "evaluation.json")
-    evaluation = common._read_json(path)  # pylint: disable=protected-access
+    evaluation = runner.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
       return evaluation
     labelled = "every transition labelled" if mode == "true_actions" else f"{labels} labels"
     print(f"[{self.name}] policy {mode_label}, {labelled}, {num_agents - 1} distractors, "
           f"seed {seed} in {workdir}", flush=True)
-    import train  # pylint: disable=g-import-not-at-top
+    from flam_jax import train  # pylint: disable=g-import-not-at-top
     start = time.time()
     summary = train.run(config, workdir)
     self.timings[os.path.relpath(workdir, self.runs_dir)] = time.time() - start
-    common._release_memory()  # pylint: disable=protected-access
+    runner.release_memory()
     if summary.get("preempted"):
       sys.exit(143)
     return summary["evaluation"]
@@ -152,7 +154,7 @@ class PolicyExperiment(common.Experiment):
 def _stat(evaluations, key):
   values = [e["labelling"].get(key) if key == "pseudo_label_accuracy" else e["policy"][key]
             for e in evaluations]
-  mean, std, n = common.mean_std(values)
+  mean, std, n = report_lib.mean_std(values)
   return dict(mean=mean, std=std, n=n, values=values)
 
 
@@ -172,7 +174,7 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels) -> str:
 
 def report(experiment, seeds, distractors, labels, results, references) -> str:
   ps = experiment.task_setting
-  lines = common.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
+  lines = report_lib.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
                               experiment, seeds)
   lines += [
       f"- goal task: {ps.grid_size}x{ps.grid_size} cells at {ps.image_size} px, step limit "
@@ -189,24 +191,24 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
     rows = []
     for mode_label, _, _, title in MODES:
       nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
-      cells = [common.fmt(results[f"{d}d/{mode_label}/{num}"]["success_rate"]) for num in nums]
-      rows.append([title] + cells + [common.fmt(
+      cells = [report_lib.fmt(results[f"{d}d/{mode_label}/{num}"]["success_rate"]) for num in nums]
+      rows.append([title] + cells + [report_lib.fmt(
           results[f"{d}d/{mode_label}/{max(labels)}"]["mean_return"])])
     for mode_label in ("lam", "flam"):
-      rows.append([f"pseudo-label acc., {mode_label.upper()}"] + [common.fmt(
+      rows.append([f"pseudo-label acc., {mode_label.upper()}"] + [report_lib.fmt(
           results[f"{d}d/{mode_label}/{num}"]["pseudo_label_accuracy"]) for num in labels] + [""])
     rows.append(["expert (reference)", f"{ref['expert']['success_rate']:.2f}"] +
                 [""] * (len(labels) - 1) + [f"{ref['expert']['mean_return']:.2f}"])
     rows.append(["random (reference)", f"{ref['random']['success_rate']:.2f}"] +
                 [""] * (len(labels) - 1) + [f"{ref['random']['mean_return']:.2f}"])
-    lines += [f"## {d} distractor(s)", "", common.markdown_table(header, rows), ""]
+    lines += [f"## {d} distractor(s)", "", report_lib.markdown_table(header, rows), ""]
     series = []
     for mode_label, _, _, title in MODES:
       nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
       stats = [results[f"{d}d/{mode_label}/{num}"]["success_rate"] for num in nums]
       series.append((title.replace("BC, ", ""), [s["mean"] for s in stats],
                      [s["std"] for s in stats]))
-    plots.append((f"success rate against labels, {d} distractors", common.line_plot(
+    plots.append((f"success rate against labels, {d} distractors", plots_lib.line_plot(
         os.path.join(experiment.out_dir, f"policy_{d}d.png"),
         f"Goal task, {d} distractors: success rate of pi_u", "labelled transitions",
         "success rate", labels, series)))
@@ -214,15 +216,15 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
   get = lambda mode: results[f"{d}d/{mode}/{num if mode != 'true_actions' else max(labels)}"][
       "success_rate"]
   claims = [
-      common.compare(f"FLAM pseudo-labels > labelled only ({d} distractors, {num} labels)",
+      report_lib.compare(f"FLAM pseudo-labels > labelled only ({d} distractors, {num} labels)",
                      get("flam"), get("labelled")),
-      common.compare(f"FLAM pseudo-labels > LAM pseudo-labels ({d} distractors, {num} labels)",
+      report_lib.compare(f"FLAM pseudo-labels > LAM pseudo-labels ({d} distractors, {num} labels)",
                      get("flam"), get("lam")),
-      common.compare(f"true-action upper bound > FLAM ({d} distractors): the remaining gap",
+      report_lib.compare(f"true-action upper bound > FLAM ({d} distractors): the remaining gap",
                      get("true_actions"), get("flam")),
   ]
   lines += ["## Claims (issue 11)", "",
-            common.markdown_table(["claim", "ours (mean success rate)", "verdict"], claims), ""]
+            report_lib.markdown_table(["claim", "ours (mean success rate)", "verdict"], claims), ""]
   return experiment.write(lines, dict(
       table="policy", seeds=list(seeds), distractors=list(distractors), labels=list(labels),
       task=dataclasses.asdict(ps), results=results, references=references,
@@ -239,8 +241,8 @@ def main(argv):
   try:
     if f.steps_scale <= 0:
       raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
-    ps = POLICY_SETTINGS[common.get_setting(f.setting).name]
-    experiment = PolicyExperiment(ps, "policy", common.get_setting(f.setting), f.root,
+    ps = POLICY_SETTINGS[settings.get_setting(f.setting).name]
+    experiment = PolicyExperiment(ps, "policy", settings.get_setting(f.setting), f.root,
                                   f.steps_scale, f.runs_root, f.compilation_cache)
     seeds = common.parse_seeds(f.seeds)
     try:

@@ -8,7 +8,7 @@ import sys
 import pytest
 from absl import flags
 
-from experiments import common
+from experiments import runner, settings
 from experiments import policy as policy_experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,10 +19,10 @@ def test_every_setting_builds_its_task_and_policy_configs(tmp_path):
     flags.FLAGS.mark_as_parsed()
   for name, ps in policy_experiment.POLICY_SETTINGS.items():
     experiment = policy_experiment.PolicyExperiment(
-        ps, "policy", common.get_setting(name), str(tmp_path), compilation_cache="none")
+        ps, "policy", settings.get_setting(name), str(tmp_path), compilation_cache="none")
     for d in ps.distractors:
       task = experiment.task(d + 1)  # Validates grid, resolution and free cells.
-      config = experiment.config(common.Run("flam", "flam", d + 1, 0))
+      config = experiment.config(runner.Run("flam", "flam", d + 1, 0))
       assert config.data.image_size == task.resolution == ps.image_size
       assert config.lam.num_slots == d + 1
       assert config.data.window_length <= task.episode_length

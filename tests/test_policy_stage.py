@@ -8,8 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import train
 from configs import multigrid as multigrid_config
+from flam_jax import train
 from flam_jax.data import goal_task
 from flam_jax.errors import FlamError
 

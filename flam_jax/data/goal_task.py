@@ -41,11 +41,13 @@ import numpy as np
 import tqdm
 
 from flam_jax.data import multigrid as mg
+from flam_jax.data import multigrid_render, records
 from flam_jax.errors import ConfigError
 
 GOAL_COLOR = np.array([255, 255, 255], np.uint8)
 FIELDS = mg.FIELDS + ("active",)
 FIELD_DTYPES = dict(mg.FIELD_DTYPES, active="uint8")
+RECORD_DTYPES = dict(mg.RECORD_DTYPES, active=np.dtype("uint8"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +164,7 @@ class GoalTaskEnv:
     """Draws walls, goal, agents from `rng` (default np.random.default_rng([seed, episode]))."""
     cfg, g = self.cfg, self.cfg.grid_size
     self._rng = mg.episode_rng(seed, episode) if rng is None else rng
-    self.walls_GG = mg._make_walls(self._world, self._rng)  # pylint: disable=protected-access
+    self.walls_GG = mg.make_walls(self._world, self._rng)
     free = np.flatnonzero(~self.walls_GG)
     cells = self._rng.choice(free, cfg.num_agents + 1, replace=False)
     self.goal = np.array([cells[0] // g, cells[0] % g], np.int32)
@@ -224,15 +226,15 @@ class GoalTaskEnv:
   # ---- Rendering. ----
   def render_masks(self, positions_lk2: np.ndarray, headings_lk: np.ndarray) -> np.ndarray:
     """Entity-id masks uint8 [L, H, W] (the goal is floor)."""
-    return mg.render_masks(self._world, self.walls_GG, positions_lk2, headings_lk)
+    return multigrid_render.render_masks(self._world, self.walls_GG, positions_lk2, headings_lk)
 
   def render_frames(self, masks_lhw: np.ndarray) -> np.ndarray:
     """Frames uint8 [L, H, W, 3]: multigrid's colours with the goal cell's floor in white."""
-    frames = mg.COLOR_LUT[masks_lhw]
+    frames = multigrid_render.COLOR_LUT[masks_lhw]
     c = self._world.cell_size
     (r, q) = self.goal
     cell = frames[:, r * c:(r + 1) * c, q * c:(q + 1) * c]
-    floor = masks_lhw[:, r * c:(r + 1) * c, q * c:(q + 1) * c] == mg.FLOOR_ID
+    floor = masks_lhw[:, r * c:(r + 1) * c, q * c:(q + 1) * c] == records.FLOOR_ID
     cell[floor] = GOAL_COLOR
     return frames
 
@@ -271,28 +273,26 @@ def write_dataset(out_dir: str, cfg: GoalTaskConfig, num_episodes: int, seed: in
   if num_episodes < 1:
     raise ConfigError(f"episodes={num_episodes}; generate at least 1 episode")
   os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, mg.METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # Stale metadata must not describe half-new shards.
+  records.remove_metadata(out_dir)  # Stale metadata must not describe half-new shards.
   shapes = dict(mg.field_shapes(cfg.world), active=(cfg.episode_length,))
   splits, first = {}, 0
   bar = tqdm.tqdm(total=num_episodes, desc="demonstrations", disable=not progress)
-  for split, n in mg.split_counts(num_episodes).items():
+  for split, n in records.split_counts(num_episodes).items():
     episodes = (generate_demonstration(cfg, mg.episode_rng(seed, e))
                 for e in range(first, first + n))
-    splits[split] = mg.write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
-                                          fields=FIELDS, bar=bar)
+    splits[split] = records.write_split(out_dir, split, episodes, n, episodes_per_shard,
+                                        FIELDS, dtypes=RECORD_DTYPES, bar=bar)
     splits[split]["first_episode"] = first
     first += n
   bar.close()
   metadata = dict(
-      format_version=mg.FORMAT_VERSION, generator="flam_jax.data.goal_task",
+      format_version=records.FORMAT_VERSION, generator="flam_jax.data.goal_task",
       config=cfg.metadata_config(), seed=seed, num_episodes=num_episodes,
       episodes_per_shard=episodes_per_shard, splits=splits, byte_order="little",
       fields=[dict(name=f, dtype=FIELD_DTYPES[f], shape=list(shapes[f])) for f in FIELDS],
       record_bytes=sum(math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
                        for f in FIELDS))
-  mg.write_metadata(out_dir, metadata)
+  records.write_metadata(out_dir, metadata)
   return metadata
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import optax
 
 from flam_jax.data import goal_task
+from flam_jax.lib import models, rollout
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
-from flam_jax.modules.world_model import LatentActionWorldModel
 
 
 def _chunks(array: np.ndarray, size: int):
@@ -32,24 +32,23 @@ def _chunks(array: np.ndarray, size: int):
     yield padded, len(part)
 
 
-def infer_latent_actions(lam_stage, lam_params, tokens_elhw: np.ndarray,
+def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elhw: np.ndarray,
                          episodes_per_call: int = 16) -> Tuple[np.ndarray, Optional[np.ndarray]]:
   """Latent actions [E, L-1, K', A] and slot keys [E, L-1, K', D] (None for scene actions).
 
   The world model sees whole episodes (deterministic bottleneck: FSQ codes or Gaussian
   means); the key of a slot's action at transition t is the slot's entity vector at t.
   """
-  model = lam_stage.model
+  model = loaded.model
   slotted = model.variant == "flam"
 
   @jax.jit
-  def infer(params, tokens):
-    features, _ = lam_stage.features(dict(tokens=tokens))
-    variables = {"params": params}
-    entities, _ = model.apply(variables, features, method=LatentActionWorldModel.entities)
-    acts = model.apply(variables, entities, deterministic=True,
-                       method=LatentActionWorldModel.infer_actions)
-    return acts["actions"], (entities[:, :-1] if slotted else None)
+  def infer(params, tokens_elhw):
+    e, l = tokens_elhw.shape[:2]
+    features_elnd = rollout.features(loaded.codebook, tokens_elhw.reshape(e, l, -1))
+    entities_elkd, _ = rollout.entities(model, params, features_elnd)
+    acts = rollout.infer_actions(model, params, entities_elkd, deterministic=True)
+    return acts["actions"], (entities_elkd[:, :-1] if slotted else None)
 
   actions, keys = [], []
   for chunk, n in _chunks(tokens_elhw, episodes_per_call):

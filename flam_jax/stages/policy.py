@@ -38,15 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from flam_jax.data import goal_task, multigrid, pipeline
+from flam_jax.data import goal_task, multigrid, pipeline, records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError, DataError
-from flam_jax.lib import checkpointing
+from flam_jax.lib import checkpointing, loading, models
 from flam_jax.lib import policy as policy_lib
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
-from flam_jax.stages import lam as lam_stage_lib
-from flam_jax.stages.tokenizer import compute_dtype
 
 MODES = ("pseudo_labels", "labelled", "true_actions")
 CONTROLLED_AGENT = 0
@@ -83,22 +81,22 @@ def lam_workdir_of(config: ConfigDict, workdir: str) -> str:
 
 
 def load_latent_action_model(config: ConfigDict, lam_workdir: str):
-  """(stage, params, step) of the world model trained in `lam_workdir`, checked against `config`."""
+  """(models.LoadedWorldModel, params, step) trained in `lam_workdir`, checked against `config`."""
   path = os.path.join(os.path.abspath(lam_workdir), "lam", "checkpoints")
   if not os.path.isdir(path):
     raise CheckpointError(f"{lam_workdir} has no latent action model "
                           f"({path} does not exist); train one with `python train.py "
                           f"--config=<config>:flam --workdir={lam_workdir}` or set --config.policy.lam_workdir")
-  stage, params, step = lam_stage_lib.load_trained(lam_workdir)
-  if stage.config.lam.variant not in LATENT_VARIANTS:
-    raise ConfigError(f"the model in {lam_workdir} is a {stage.config.lam.variant!r} world model "
+  loaded, params, step = loading.load_trained(lam_workdir)
+  if loaded.config.lam.variant not in LATENT_VARIANTS:
+    raise ConfigError(f"the model in {lam_workdir} is a {loaded.config.lam.variant!r} world model "
                       f"without latent actions; use one of {LATENT_VARIANTS}")
   try:
-    checkpointing.check_compatible(stage.config.to_dict(), config, ("tokenizer", "data.image_size"),
+    checkpointing.check_compatible(loaded.config.to_dict(), config, ("tokenizer", "data.image_size"),
                                    path)
   except CheckpointError as e:
     raise CheckpointError(f"tokenizer/lam mismatch: {e}") from e
-  return stage, params, step
+  return loaded, params, step
 
 
 class PolicyStage:
@@ -119,7 +117,7 @@ class PolicyStage:
     self.labelling = labelling or {}
     p = config.policy
     self.model = TokenPolicy(num_actions=multigrid.NUM_ACTIONS, channels=tuple(p.channels),
-                             hidden=p.hidden, dtype=compute_dtype(config))
+                             hidden=p.hidden, dtype=models.compute_dtype(config))
 
   @staticmethod
   def check_config(config: ConfigDict) -> None:
@@ -145,12 +143,12 @@ class PolicyStage:
     if p.mode == "pseudo_labels":
       lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
       tokenizer, tok_params = lam.tokenizer, lam.tokenizer_params
-      tok_dir = lam_stage_lib.tokenizer_checkpoint_dir(lam.config, lam_workdir)
+      tok_dir = loading.tokenizer_checkpoint_dir(lam.config, lam_workdir)
       tok_ckpt = checkpointing.Checkpointer(tok_dir, async_save=False)
       tok_step = tok_ckpt.latest_step()
       tok_ckpt.close()
     else:
-      tokenizer, tok_params, tok_dir, tok_step = lam_stage_lib.load_frozen_tokenizer(config, workdir)
+      tokenizer, tok_params, tok_dir, tok_step = loading.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda prm, f: tokenizer.apply(
         {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     token_tag = dict(checkpoint=tok_dir, step=int(tok_step))
@@ -245,15 +243,15 @@ class PolicyStage:
     except DataError:
       pass
     os.makedirs(out_dir, exist_ok=True)
-    records = (dict(tokens=tokens_mhw[i:i + 1].astype(np.int32),
+    pairs = (dict(tokens=tokens_mhw[i:i + 1].astype(np.int32),
                     labels=labels_m[i:i + 1].astype(np.int32)) for i in range(len(labels_m)))
-    split = multigrid.write_split_shards(out_dir, "train", records, len(labels_m),
-                                         episodes_per_shard=max(1, len(labels_m)),
-                                         fields=PolicyStage.data_fields)
+    split = records.write_split(out_dir, "train", pairs, len(labels_m),
+                                episodes_per_shard=max(1, len(labels_m)),
+                                fields=PolicyStage.data_fields)
     grid = list(tokens_mhw.shape[1:])
     fields = [dict(name="tokens", dtype="int32", shape=[1] + grid),
               dict(name="labels", dtype="int32", shape=[1])]
-    multigrid.write_metadata(out_dir, dict(
+    records.write_metadata(out_dir, dict(
         source_meta, generator="flam_jax.stages.policy", num_episodes=len(labels_m),
         config=dict(source_meta["config"], episode_length=1), splits=dict(train=split),
         fields=fields, record_bytes=4 * (int(np.prod(grid)) + 1), policy_tag=tag))
