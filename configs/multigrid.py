@@ -4,6 +4,8 @@
     python train.py --config=configs/multigrid.py:flam --workdir=W          # stage 2, Sec 4.2
     python train.py --config=configs/multigrid.py:lam|oc_lam|wm --workdir=W # baselines, Sec 5.2
     python train.py --config=configs/multigrid.py:flam_v2 --workdir=W       # later version
+    python train.py --config=configs/multigrid.py:policy --workdir=P \
+        --config.data.dir=DEMOS --config.policy.lam_workdir=W      # policy, Sec 4.3
 
 The latent action variants read the tokenizer of the same workdir (or
 `lam.tokenizer_checkpoint`) and cache its tokens in <workdir>/tokens once.
@@ -11,14 +13,14 @@ The latent action variants read the tokenizer of the same workdir (or
 
 from ml_collections import ConfigDict
 
-VARIANTS = ("tokenizer", "flam", "lam", "oc_lam", "wm", "flam_v2", "flam_regression")
+VARIANTS = ("tokenizer", "flam", "lam", "oc_lam", "wm", "flam_v2", "flam_regression", "policy")
 
 
 def get_config(arg: str = "tokenizer") -> ConfigDict:
   if arg not in VARIANTS:
     raise ValueError(f"unknown variant {arg!r} of configs/multigrid.py; use one of {VARIANTS}")
   config = ConfigDict()
-  config.stage = "tokenizer" if arg == "tokenizer" else "lam"
+  config.stage = {"tokenizer": "tokenizer", "policy": "policy"}.get(arg, "lam")
   config.seed = 0
   config.num_train_steps = 50_000
   config.batch_size = 64  # Global, over all devices and processes: windows per step.
@@ -37,7 +39,7 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.data.image_size = 128
   # Frames per example: single frames for the tokenizer, sub-trajectories of 10 (Table 4)
   # for the latent action model.
-  config.data.window_length = 1 if arg == "tokenizer" else 10
+  config.data.window_length = 1 if arg in ("tokenizer", "policy") else 10
   config.data.window_stride = 1
   config.data.num_workers = 4
   config.data.prefetch_buffer_size = 4
@@ -60,7 +62,7 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # z_hat_{t+1} = z_t + Aggregator(s_hat_{t+1}), causal temporal attention over slots.
   variant = {"flam_v2": "flam", "flam_regression": "flam"}.get(arg, arg)
   config.lam = ConfigDict()
-  config.lam.variant = variant if arg != "tokenizer" else "flam"  # flam | lam | oc_lam | wm
+  config.lam.variant = variant if arg not in ("tokenizer", "policy") else "flam"  # flam | lam | oc_lam | wm
   config.lam.tokenizer_checkpoint = ""  # Empty: <workdir>/tokenizer/checkpoints.
   config.lam.d_model = 256
   config.lam.num_heads = 8
@@ -111,6 +113,19 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.eval = ConfigDict(dict(
       split="test", batch_size=0, max_batches=0, window_stride=0, steps="", workdirs="",
       seed=0, probe_steps=300))
+
+  # Policy learning (Sec 4.3, `--config.stage=policy`, flam_jax/stages/policy.py) on goal-task
+  # demonstrations (flam_jax.data.goal_task): behaviour cloning on pseudo-labels f(a) of the
+  # world model in policy.lam_workdir (empty: this workdir), or on true actions
+  # (mode=labelled: the num_labels labelled transitions only; true_actions: all of them).
+  config.policy = ConfigDict(dict(
+      mode="pseudo_labels", lam_workdir="", num_labels=1000, decoder_hidden=64,
+      decoder_steps=500, decoder_learning_rate=3e-3, channels=(32, 64), hidden=128,
+      eval_episodes=100, eval_seed=1000))
+  # The policy stage reads single transitions, whatever the world model's window.
+  config.per_stage.policy = ConfigDict(dict(data=ConfigDict(dict(window_length=1))))
+  if arg == "policy":
+    config.num_train_steps = 5_000
 
   config.optim = ConfigDict(dict(
       learning_rate=3e-4, warmup_steps=1_000, final_lr_fraction=0.1, weight_decay=1e-4,

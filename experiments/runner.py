@@ -112,7 +112,7 @@ class Experiment:
     summary = train.run(config, workdir)
     seconds = time.time() - start
     self.timings[key] = seconds
-    _release_memory()
+    release_memory()
     if summary.get("preempted"):
       print(f"[{self.name}] preempted during {what}; re-run the same command to resume.",
             flush=True)
@@ -152,7 +152,7 @@ class Experiment:
       key = dict(workdirs=workdirs, steps=steps, settings=settings,
                  metrics=list(evaluator.PER_STEP_KEYS))
       cache = os.path.join(self.runs_dir, "evals", f"{group}.json")
-      cached = _read_json(cache)
+      cached = read_json(cache)
       if cached and cached.get("key") == json.loads(json.dumps(key)):
         print(f"[{self.name}] {group}: evaluation cached ({cache})", flush=True)
         out[group] = cached["metrics"]
@@ -167,7 +167,7 @@ class Experiment:
       metrics = [{k: v for k, v in r.items() if _jsonable(v)} for r in results]
       _write_json(cache, dict(key=key, metrics=metrics))
       out[group] = metrics
-      _release_memory()
+      release_memory()
     return out
 
   def run_all(self, runs: Sequence[Run]) -> Dict[str, List[Dict[str, Any]]]:
@@ -211,7 +211,7 @@ class Experiment:
     """{group/seedK: training time and steps} of every run, from experiment_run.json."""
     out = {}
     for run in runs:
-      info = _read_json(os.path.join(self.workdir(run), "lam", "experiment_run.json"))
+      info = read_json(os.path.join(self.workdir(run), "lam", "experiment_run.json"))
       if info:
         out[f"{run.group}/seed{run.seed}"] = info
     return out
@@ -240,7 +240,8 @@ def latest_step(checkpoint_dir: str) -> Optional[int]:
   return max(steps) if steps else None
 
 
-def _release_memory() -> None:
+def release_memory() -> None:
+  """Drops JAX's compiled functions and collects garbage between in-process runs."""
   import jax  # pylint: disable=g-import-not-at-top
   jax.clear_caches()
   gc.collect()
@@ -254,7 +255,8 @@ def _jsonable(value) -> bool:
     return False
 
 
-def _read_json(path: str) -> Optional[dict]:
+def read_json(path: str) -> Optional[dict]:
+  """The JSON in `path`, or None when it is missing or unreadable (a cache miss)."""
   try:
     with open(path) as f:
       return json.load(f)

@@ -100,7 +100,8 @@ def get_setting(name: str) -> Setting:
   return _SETTINGS[name]
 
 
-def _scaled(steps: int, scale: float) -> int:
+def scaled(steps: int, scale: float) -> int:
+  """Training steps times --steps_scale, at least 1."""
   return max(1, int(round(steps * scale)))
 
 
@@ -137,7 +138,7 @@ def tokenizer_config(setting: Setting, num_agents: int, data_dir: str,
   config.data.window_length = 1
   config.data.dir = os.path.abspath(data_dir)
   config.data.generate.num_agents = num_agents
-  config.num_train_steps = _scaled(config.num_train_steps, steps_scale)
+  config.num_train_steps = scaled(config.num_train_steps, steps_scale)
   return config
 
 
@@ -160,7 +161,7 @@ def lam_config(setting: Setting, variant: str, num_agents: int, seed: int, data_
   config.lam.num_slots = num_agents
   config.lam.scene_action_levels = scene_action_levels(num_agents)
   _update(config, overrides or {}, f"overrides of {variant}")
-  config.num_train_steps = _scaled(config.num_train_steps, steps_scale)
+  config.num_train_steps = scaled(config.num_train_steps, steps_scale)
   return config
 
 
@@ -174,7 +175,7 @@ def settings_summary(setting: Setting, steps_scale: float = 1.0) -> Dict[str, An
       "token_grid": f"{grid}x{grid}", "tokenizer_codes": int(np.prod(tok.tokenizer.levels)),
       "episodes": tok.data.generate.episodes,
       "episode_length": tok.data.generate.episode_length,
-      "tokenizer_steps": _scaled(tok.num_train_steps, steps_scale),
+      "tokenizer_steps": scaled(tok.num_train_steps, steps_scale),
       "tokenizer_batch": tok.batch_size, "lam_steps": lam.num_train_steps,
       "lam_batch": lam.batch_size, "d_model": lam.lam.d_model, "blocks": lam.lam.num_blocks,
       "window_length": lam.data.window_length, "prediction_steps": lam.lam.prediction_steps,

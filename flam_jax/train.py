@@ -20,7 +20,7 @@ from flam_jax import cli
 from flam_jax.errors import ConfigError
 from flam_jax.lib.config_utils import stage_config
 
-STAGES = ("tokenizer", "lam", "eval")
+STAGES = ("tokenizer", "lam", "eval", "policy")
 
 
 def write_dataset(config, out_dir: str, progress: bool = True) -> None:
@@ -49,11 +49,13 @@ def ensure_dataset(config, workdir: str) -> None:
 
 def make_stage(config, workdir: str):
   """The stage object named by config.stage (a single stage)."""
-  from flam_jax.stages import lam, tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.stages import lam, policy, tokenizer  # pylint: disable=g-import-not-at-top
   if config.stage == "tokenizer":
     return tokenizer.TokenizerStage(config)
   if config.stage == "lam":
     return lam.LatentActionStage.build(config, workdir)
+  if config.stage == "policy":
+    return policy.PolicyStage.build(config, workdir)
   raise ConfigError(f"config.stage={config.stage!r} is not one of {STAGES}; "
                     "set --config.stage accordingly")
 
@@ -79,11 +81,28 @@ def run_stage(config, workdir: str) -> dict:
   stage = make_stage(config, workdir)
   summary = trainer.train(stage, config, os.path.join(workdir, stage.name))
   _print_summary(stage.name, workdir, summary)
+  if hasattr(stage, "evaluate") and not summary["preempted"]:
+    # The policy stage: success rate in the live environment.
+    summary["evaluation"] = stage.evaluate(summary["state"].params, summary["stage_dir"],
+                                           summary["step"])
+    print(format_policy_evaluation(summary["evaluation"]))
   return summary
 
 
+def format_policy_evaluation(evaluation: dict) -> str:
+  lines = ["  live evaluation (success rate, mean return over "
+           f"{evaluation['policy']['num_episodes']} episodes):"]
+  for name in ("policy", "expert", "random"):
+    r = evaluation[name]
+    lines.append(f"    {name:7s} {r['success_rate']:.3f}  {r['mean_return']:.3f}")
+  labelling = evaluation.get("labelling", {})
+  if labelling.get("pseudo_label_accuracy") is not None:
+    lines.append(f"  pseudo-label accuracy vs true actions: {labelling['pseudo_label_accuracy']:.3f}")
+  return "\n".join(lines)
+
+
 def run(config, workdir: str) -> dict:
-  """Runs each stage listed in config.stage ("tokenizer", "lam" or "tokenizer,lam") in order."""
+  """Runs each stage listed in config.stage (e.g. "tokenizer", "tokenizer,lam", "lam,policy") in order."""
   workdir = os.path.abspath(workdir)
   names = [s.strip() for s in config.stage.split(",") if s.strip()]
   unknown = [s for s in names if s not in STAGES]

@@ -166,8 +166,8 @@ def _flood_fill(free_GG: np.ndarray, seed_rc: tuple[int, int]) -> np.ndarray:
     reach = grown
 
 
-def _make_walls(cfg: MultigridConfig, rng: np.random.Generator) -> np.ndarray:
-  """Outer ring + random interior walls, free area connected: bool [G, G]."""
+def make_walls(cfg: MultigridConfig, rng: np.random.Generator) -> np.ndarray:
+  """Outer ring + random interior walls, free area connected: bool [G, G] (also the goal task's)."""
   g = cfg.grid_size
   walls_GG = np.ones((g, g), bool)
   interior = np.zeros(((g - 2)**2,), bool)
@@ -201,7 +201,7 @@ def generate_episode(cfg: MultigridConfig,
     masks: uint8 [L, H, W]; 0 floor, 1 wall, 2+k agent k's triangle pixels.
   """
   g, k, l = cfg.grid_size, cfg.num_agents, cfg.episode_length
-  walls_GG = _make_walls(cfg, rng)
+  walls_GG = make_walls(cfg, rng)
 
   # Spawn on distinct free cells with random headings.
   free_cells = np.flatnonzero(~walls_GG)

@@ -1,0 +1,260 @@
+"""Policy learning from action-free demonstrations (Sec 4.3, Eq. 6) on the Multigrid goal task.
+
+    python experiments/policy.py --setting=tiny  --seeds=0          # smoke (tests), minutes
+    python experiments/policy.py --setting=small --seeds=0,1,2      # CPU, hours
+    python experiments/policy.py --setting=paper --seeds=0,1,2      # GPU/TPU
+
+For each number of distractors: expert demonstrations of the goal task
+(`flam_jax.data.goal_task`), one tokenizer, LAM and FLAM per seed trained on the
+demonstration videos (no actions), then per seed and number of labels L the policy
+stage in four modes: behaviour cloning on the true actions of every demonstration
+(upper bound), on the L labelled transitions only, and on pseudo-labels f(a) of LAM's
+and FLAM's latent actions (f fitted on the same L labelled transitions). Each policy
+is evaluated greedily in the live environment on the same seeded episodes, beside the
+expert and a random policy. Writes <root>/<setting>/results.md and results.json
+(success rate and return, mean +- std over seeds) and one curve of success rate
+against labels per number of distractors. Finished runs and evaluations are skipped.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+from experiments import common, runner, settings
+from experiments import plots as plots_lib
+from experiments import report as report_lib
+
+flags.DEFINE_list("distractors", [], "Numbers of distractors (default: the setting's).")
+flags.DEFINE_list("labels", [], "Numbers of labelled transitions (default: the setting's).")
+common.define_flags("results/policy")
+
+MODES = (  # (label, policy.mode, world model variant or None, title)
+    ("true_actions", "true_actions", None, "BC, true actions of all demos (upper bound)"),
+    ("labelled", "labelled", None, "BC, labelled transitions only"),
+    ("lam", "pseudo_labels", "lam", "BC, LAM pseudo-labels"),
+    ("flam", "pseudo_labels", "flam", "BC, FLAM pseudo-labels"),
+)
+KEYS = ("success_rate", "mean_return", "pseudo_label_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySetting:
+  """The goal task and policy stage of one setting (world models: settings.Setting)."""
+
+  image_size: int
+  grid_size: int
+  max_steps: int
+  episodes: int
+  distractors: tuple
+  labels: tuple
+  policy: dict  # config.policy keys.
+  steps: int
+  batch_size: int
+
+
+POLICY_SETTINGS = {
+    # 128 px, 16x16 cells (8 px each), 5000 demonstrations of up to 31 steps.
+    "paper": PolicySetting(128, 16, 31, 5000, (0, 2, 4), (100, 1000, 10000),
+                           dict(eval_episodes=500), 10000, 64),
+    # 32 px, 8x8 cells (4 px each, one token a cell), 2000 demonstrations of up to 15 steps.
+    "small": PolicySetting(32, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
+                           dict(eval_episodes=100, channels=(32, 32), hidden=64), 1000, 64),
+    # Test-only: 24 px, 6x6 cells, 16 demonstrations.
+    "tiny": PolicySetting(24, 6, 7, 16, (0, 2), (5, 10),
+                          dict(eval_episodes=4, decoder_steps=20, channels=(8,), hidden=16), 3, 4),
+}
+
+
+class PolicyExperiment(runner.Experiment):
+  """runner.Experiment on goal-task demonstrations instead of random Multigrid."""
+
+  def __init__(self, policy_setting: PolicySetting, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.task_setting = policy_setting
+    ps = policy_setting
+    world = {"data.image_size": ps.image_size, "data.generate.grid_size": ps.grid_size,
+             "data.generate.episodes": ps.episodes,
+             "data.generate.episode_length": ps.max_steps + 1, "data.generate.wall_density": 0.0}
+    self.setting = dataclasses.replace(self.setting, common=dict(self.setting.common, **world))
+
+  def data_dir(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"goal_data_{num_agents}a")
+
+  def tokenizer_dir(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"goal_tokenizer_{num_agents}a")
+
+  def workdir(self, run: runner.Run) -> str:
+    return os.path.join(self.runs_dir, f"goal_{run.group}", f"seed{run.seed}")
+
+  def task(self, num_agents: int):
+    from flam_jax.data import goal_task  # pylint: disable=g-import-not-at-top
+    ps = self.task_setting
+    return goal_task.GoalTaskConfig(grid_size=ps.grid_size, resolution=ps.image_size,
+                                    num_distractors=num_agents - 1, max_steps=ps.max_steps)
+
+  def ensure_data(self, num_agents: int) -> str:
+    """Expert demonstrations of the goal task with num_agents - 1 distractors."""
+    from flam_jax.data import goal_task, records  # pylint: disable=g-import-not-at-top
+    out = self.data_dir(num_agents)
+    if os.path.exists(os.path.join(out, records.METADATA_FILE)):
+      return out
+    print(f"[{self.name}] writing {self.task_setting.episodes} demonstrations with "
+          f"{num_agents - 1} distractor(s) into {out}", flush=True)
+    start = time.time()
+    goal_task.write_dataset(out, self.task(num_agents), self.task_setting.episodes, seed=0,
+                            progress=self.setting.name != "tiny")
+    self.timings[f"goal_data_{num_agents}a"] = time.time() - start
+    return out
+
+  def policy_workdir(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
+    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
+    return os.path.join(self.runs_dir, f"goal_policy_{num_agents}a", tag, f"seed{seed}")
+
+  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
+    """Trains (unless finished) and evaluates one policy; returns its evaluation.json."""
+    _, mode, variant, _ = next(m for m in MODES if m[0] == mode_label)
+    ps = self.task_setting
+    lam_run = runner.Run(label=variant or "flam", variant=variant or "flam",
+                         num_agents=num_agents, seed=seed)
+    if variant:
+      self.ensure_run(lam_run)
+    else:
+      self.ensure_tokenizer(num_agents)
+    config = self.config(lam_run)
+    config.stage = "policy"
+    config.policy.update(dict(ps.policy, mode=mode, num_labels=0 if mode == "true_actions" else labels,
+                              lam_workdir=self.workdir(lam_run) if variant else ""))
+    steps = settings.scaled(ps.steps, self.steps_scale)
+    for node in (config, config.per_stage.policy):
+      node.num_train_steps, node.batch_size = steps, ps.batch_size
+    config.checkpoint_every_steps = max(1, steps // 4)
+    workdir = self.policy_workdir(num_agents, mode_label, labels, seed)
+    path = os.path.join(workdir, "policy", "evaluation.json")
+    evaluation = runner.read_json(path)
+    if evaluation and evaluation["key"]["step"] >= steps:
+      return evaluation
+    labelled = "every transition labelled" if mode == "true_actions" else f"{labels} labels"
+    print(f"[{self.name}] policy {mode_label}, {labelled}, {num_agents - 1} distractors, "
+          f"seed {seed} in {workdir}", flush=True)
+    from flam_jax import train  # pylint: disable=g-import-not-at-top
+    start = time.time()
+    summary = train.run(config, workdir)
+    self.timings[os.path.relpath(workdir, self.runs_dir)] = time.time() - start
+    runner.release_memory()
+    if summary.get("preempted"):
+      sys.exit(143)
+    return summary["evaluation"]
+
+
+def _stat(evaluations, key):
+  values = [e["labelling"].get(key) if key == "pseudo_label_accuracy" else e["policy"][key]
+            for e in evaluations]
+  mean, std, n = report_lib.mean_std(values)
+  return dict(mean=mean, std=std, n=n, values=values)
+
+
+def run(experiment: PolicyExperiment, seeds, distractors, labels) -> str:
+  start = time.time()
+  results, references = {}, {}
+  for d in distractors:
+    n = d + 1
+    for mode_label, _, _, _ in MODES:
+      for num in ((max(labels),) if mode_label == "true_actions" else labels):
+        evaluations = [experiment.policy(n, mode_label, num, s) for s in seeds]
+        results[f"{d}d/{mode_label}/{num}"] = {k: _stat(evaluations, k) for k in KEYS}
+        references[f"{d}d"] = {name: evaluations[0][name] for name in ("expert", "random")}
+  experiment.timings["total"] = time.time() - start
+  return report(experiment, seeds, distractors, labels, results, references)
+
+
+def report(experiment, seeds, distractors, labels, results, references) -> str:
+  ps = experiment.task_setting
+  lines = report_lib.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
+                              experiment, seeds)
+  lines += [
+      f"- goal task: {ps.grid_size}x{ps.grid_size} cells at {ps.image_size} px, step limit "
+      f"{ps.max_steps}, {ps.episodes} expert demonstrations (80% train); policies: "
+      f"{ps.steps} steps (batch {ps.batch_size}) x{experiment.steps_scale:g}, evaluated greedily "
+      f"on {ps.policy.get('eval_episodes', 100)} seeded episodes", "",
+      "Success rate of pi_u (mean ± std over seeds); the true-action upper bound uses every "
+      "demonstration transition whatever the number of labels. 'pseudo-label acc.' is the "
+      "share of demonstration transitions whose pseudo-label f(a) equals the true action.", ""]
+  plots = []
+  for d in distractors:
+    ref = references[f"{d}d"]
+    header = ["policy"] + [f"{num} labels" for num in labels] + ["return (max labels)"]
+    rows = []
+    for mode_label, _, _, title in MODES:
+      nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
+      cells = [report_lib.fmt(results[f"{d}d/{mode_label}/{num}"]["success_rate"]) for num in nums]
+      rows.append([title] + cells + [report_lib.fmt(
+          results[f"{d}d/{mode_label}/{max(labels)}"]["mean_return"])])
+    for mode_label in ("lam", "flam"):
+      rows.append([f"pseudo-label acc., {mode_label.upper()}"] + [report_lib.fmt(
+          results[f"{d}d/{mode_label}/{num}"]["pseudo_label_accuracy"]) for num in labels] + [""])
+    rows.append(["expert (reference)", f"{ref['expert']['success_rate']:.2f}"] +
+                [""] * (len(labels) - 1) + [f"{ref['expert']['mean_return']:.2f}"])
+    rows.append(["random (reference)", f"{ref['random']['success_rate']:.2f}"] +
+                [""] * (len(labels) - 1) + [f"{ref['random']['mean_return']:.2f}"])
+    lines += [f"## {d} distractor(s)", "", report_lib.markdown_table(header, rows), ""]
+    series = []
+    for mode_label, _, _, title in MODES:
+      nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
+      stats = [results[f"{d}d/{mode_label}/{num}"]["success_rate"] for num in nums]
+      series.append((title.replace("BC, ", ""), [s["mean"] for s in stats],
+                     [s["std"] for s in stats]))
+    plots.append((f"success rate against labels, {d} distractors", plots_lib.line_plot(
+        os.path.join(experiment.out_dir, f"policy_{d}d.png"),
+        f"Goal task, {d} distractors: success rate of pi_u", "labelled transitions",
+        "success rate", labels, series)))
+  d, num = max(distractors), 1000 if 1000 in labels else max(labels)
+  get = lambda mode: results[f"{d}d/{mode}/{num if mode != 'true_actions' else max(labels)}"][
+      "success_rate"]
+  claims = [
+      report_lib.compare(f"FLAM pseudo-labels > labelled only ({d} distractors, {num} labels)",
+                     get("flam"), get("labelled")),
+      report_lib.compare(f"FLAM pseudo-labels > LAM pseudo-labels ({d} distractors, {num} labels)",
+                     get("flam"), get("lam")),
+      report_lib.compare(f"true-action upper bound > FLAM ({d} distractors): the remaining gap",
+                     get("true_actions"), get("flam")),
+  ]
+  lines += ["## Claims (issue 11)", "",
+            report_lib.markdown_table(["claim", "ours (mean success rate)", "verdict"], claims), ""]
+  return experiment.write(lines, dict(
+      table="policy", seeds=list(seeds), distractors=list(distractors), labels=list(labels),
+      task=dataclasses.asdict(ps), results=results, references=references,
+      claims=claims), (), plots)
+
+
+def main(argv):
+  del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from flam_jax.errors import ConfigError, FlamError  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    if f.steps_scale <= 0:
+      raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
+    ps = POLICY_SETTINGS[settings.get_setting(f.setting).name]
+    experiment = PolicyExperiment(ps, "policy", settings.get_setting(f.setting), f.root,
+                                  f.steps_scale, f.runs_root, f.compilation_cache)
+    seeds = common.parse_seeds(f.seeds)
+    try:
+      distractors = [int(v) for v in f.distractors] or list(ps.distractors)
+      labels = [int(v) for v in f.labels] or list(ps.labels)
+    except ValueError as e:
+      raise ConfigError("--distractors and --labels take comma-separated integers") from e
+    run(experiment, seeds, distractors, labels)
+  except FlamError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,299 @@
+"""Stage 3 (Sec 4.3, Eq. 6): a policy pi_u by behaviour cloning on goal-task demonstrations.
+
+`config.policy.mode` says where the action labels of the demonstrations come from:
+
+| mode            | labels of the demonstration transitions                         |
+|-----------------|-----------------------------------------------------------------|
+| `pseudo_labels` | f(a): the latent actions a of the world model trained in        |
+|                 | `policy.lam_workdir` (FLAM, LAM or OC+LAM; empty: this workdir),|
+|                 | decoded by f, which                                             |
+|                 | is fitted on `policy.num_labels` labelled transitions           |
+| `labelled`      | the true actions of the `num_labels` labelled transitions only  |
+|                 | (what one gets without the videos)                              |
+| `true_actions`  | the true actions of every transition (the upper bound)          |
+
+Build (once; every product is cached in the workdir with a tag of what made it):
+  demonstrations (config.data.dir, `flam_jax.data.goal_task`) --frozen tokenizer-->
+  <workdir>/tokens; [pseudo_labels: the world model's latent actions and slot keys of
+  every transition -> <workdir>/policy_latents.npz; f fitted on the labelled ones ->
+  pseudo-labels]; the training set of (tokens of frame t, label) pairs ->
+  <workdir>/policy_data (ArrayRecord, one transition a record, read by the same grain
+  pipeline). Demonstration transitions are those with `active` = 1 (before agent 0
+  reaches the goal) in the train split; the labelled subset is a random draw of them
+  (config.seed). The true actions are read only for the labelled subset, the
+  `true_actions` mode, and the reported pseudo-label accuracy (a diagnostic).
+
+Training: cross-entropy of pi_u(frozen tokenizer features of frame t) against the
+labels, by the shared trainer (sharding, orbax checkpoints, exact resume,
+TensorBoard). Afterwards `evaluate` runs pi_u greedily in the live goal task over
+`policy.eval_episodes` seeded episodes, beside the expert and a random policy.
+"""
+
+import json
+import os
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import ConfigDict
+
+from flam_jax.data import goal_task, multigrid, pipeline, records
+from flam_jax.data import tokens as tokens_lib
+from flam_jax.errors import CheckpointError, ConfigError, DataError
+from flam_jax.lib import checkpointing, loading, models
+from flam_jax.lib import policy as policy_lib
+from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
+from flam_jax.modules.tokenizer import Tokenizer
+
+MODES = ("pseudo_labels", "labelled", "true_actions")
+CONTROLLED_AGENT = 0
+LATENT_VARIANTS = ("flam", "lam", "oc_lam")
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _write_json(path: str, payload) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
+
+
+def demonstration_metadata(data_dir: str) -> Dict[str, Any]:
+  meta = pipeline.load_metadata(data_dir)
+  if meta.get("generator") != goal_task.__name__:
+    raise DataError(
+        f"{data_dir} holds {meta.get('generator')!r} data, not goal-task demonstrations; "
+        f"generate them with `python -m flam_jax.data.goal_task --out {data_dir}`")
+  return meta
+
+
+def lam_workdir_of(config: ConfigDict, workdir: str) -> str:
+  """policy.lam_workdir, or this workdir when empty (a tokenizer,lam,policy config)."""
+  return os.path.abspath(config.policy.lam_workdir or workdir)
+
+
+def load_latent_action_model(config: ConfigDict, lam_workdir: str):
+  """(models.LoadedWorldModel, params, step) trained in `lam_workdir`, checked against `config`."""
+  path = os.path.join(os.path.abspath(lam_workdir), "lam", "checkpoints")
+  if not os.path.isdir(path):
+    raise CheckpointError(f"{lam_workdir} has no latent action model "
+                          f"({path} does not exist); train one with `python train.py "
+                          f"--config=<config>:flam --workdir={lam_workdir}` or set --config.policy.lam_workdir")
+  loaded, params, step = loading.load_trained(lam_workdir)
+  if loaded.config.lam.variant not in LATENT_VARIANTS:
+    raise ConfigError(f"the model in {lam_workdir} is a {loaded.config.lam.variant!r} world model "
+                      f"without latent actions; use one of {LATENT_VARIANTS}")
+  try:
+    checkpointing.check_compatible(loaded.config.to_dict(), config, ("tokenizer", "data.image_size"),
+                                   path)
+  except CheckpointError as e:
+    raise CheckpointError(f"tokenizer/lam mismatch: {e}") from e
+  return loaded, params, step
+
+
+class PolicyStage:
+  """Batches of (tokens of one frame [B, 1, h, w], label [B, 1]) -> behaviour cloning loss."""
+
+  name = "policy"
+  data_fields = ("tokens", "labels")
+  checkpoint_keys = ("stage", "policy", "tokenizer", "data.image_size")
+  checkpoint_ignored_keys = ("policy.eval_episodes", "policy.eval_seed")
+  progress_keys = ("loss", "accuracy")
+
+  def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
+               task: goal_task.GoalTaskConfig, data_dir: str = "", labelling: Dict = None):
+    self.config = config
+    self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
+    self.task = task
+    self.data_dir = data_dir
+    self.labelling = labelling or {}
+    p = config.policy
+    self.model = TokenPolicy(num_actions=multigrid.NUM_ACTIONS, channels=tuple(p.channels),
+                             hidden=p.hidden, dtype=models.compute_dtype(config))
+
+  @staticmethod
+  def check_config(config: ConfigDict) -> None:
+    p = config.policy
+    if p.mode not in MODES:
+      raise ConfigError(f"config.policy.mode={p.mode!r} is not one of {MODES}")
+    if p.num_labels < 1 and p.mode != "true_actions":
+      raise ConfigError(f"config.policy.num_labels={p.num_labels}; label at least 1 transition")
+    if config.data.window_length != 1:
+      raise ConfigError(
+          f"config.data.window_length={config.data.window_length}: the policy stage reads single "
+          "transitions; set --config.per_stage.policy.data.window_length=1 (or "
+          "--config.data.window_length=1 with --config.stage=policy)")
+
+  # ---- Building the training set. ----
+  @classmethod
+  def build(cls, config: ConfigDict, workdir: str) -> "PolicyStage":
+    cls.check_config(config)
+    p = config.policy
+    meta = demonstration_metadata(config.data.dir)
+    task = goal_task.GoalTaskConfig.from_metadata(meta["config"])
+    lam, lam_workdir = None, lam_workdir_of(config, workdir)
+    if p.mode == "pseudo_labels":
+      lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
+      tokenizer, tok_params = lam.tokenizer, lam.tokenizer_params
+      tok_dir = loading.tokenizer_checkpoint_dir(lam.config, lam_workdir)
+      tok_ckpt = checkpointing.Checkpointer(tok_dir, async_save=False)
+      tok_step = tok_ckpt.latest_step()
+      tok_ckpt.close()
+    else:
+      tokenizer, tok_params, tok_dir, tok_step = loading.load_frozen_tokenizer(config, workdir)
+    encode = jax.jit(lambda prm, f: tokenizer.apply(
+        {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
+    token_tag = dict(checkpoint=tok_dir, step=int(tok_step))
+    tokens_dir = os.path.join(workdir, "tokens")
+    tokens_lib.cache_tokens(config.data.dir, tokens_dir, lambda f: encode(tok_params, f),
+                            tag=token_tag)
+
+    # Every active train transition of the demonstrations, and the labelled draw.
+    length = meta["config"]["episode_length"]
+    tokens_source = pipeline.WindowSource(tokens_dir, "train", window_length=length,
+                                          fields=("tokens", "actions"))
+    active_source = pipeline.WindowSource(config.data.dir, "train", window_length=length,
+                                          fields=("active",))
+    episodes = [tokens_source.read_episode(e) for e in range(tokens_source.num_episodes)]
+    tokens_elhw = np.stack([ep["tokens"] for ep in episodes])
+    active_el = np.stack([active_source.read_episode(e)["active"][:-1]
+                          for e in range(active_source.num_episodes)]).astype(bool)
+    episode_m, time_m = np.nonzero(active_el)
+    num_transitions = len(episode_m)
+    if p.mode != "true_actions" and p.num_labels > num_transitions:
+      raise ConfigError(
+          f"config.policy.num_labels={p.num_labels} is larger than the {num_transitions} "
+          f"demonstration transitions in the train split of {config.data.dir}; lower it or "
+          "generate more episodes")
+    labelled_m = np.random.default_rng([config.seed, 11]).permutation(num_transitions)[
+        :p.num_labels]
+
+    def true_actions(rows):  # The controlled agent's true actions of these transitions only.
+      return np.array([episodes[episode_m[r]]["actions"][time_m[r], CONTROLLED_AGENT]
+                       for r in rows], np.int32)
+
+    labelling: Dict[str, Any] = dict(mode=p.mode, transitions=int(num_transitions),
+                                     labelled=int(len(labelled_m)))
+    if p.mode == "true_actions":
+      rows, labels = np.arange(num_transitions), true_actions(range(num_transitions))
+    elif p.mode == "labelled":
+      rows, labels = labelled_m, true_actions(labelled_m)
+    else:
+      latent_tag = dict(lam=lam_workdir, step=int(lam_step), tokens=token_tag)
+      actions_elka, keys_elkd = cls._latent_actions(
+          os.path.join(workdir, "policy_latents.npz"), latent_tag, lam, lam_params, tokens_elhw)
+      actions_mka = actions_elka[episode_m, time_m]
+      keys_mkd = None if keys_elkd is None else keys_elkd[episode_m, time_m]
+      decoder = LatentActionDecoder(num_actions=multigrid.NUM_ACTIONS, hidden=p.decoder_hidden)
+      decoder_params, fit_metrics = policy_lib.fit_decoder(
+          decoder, actions_mka[labelled_m], None if keys_mkd is None else keys_mkd[labelled_m],
+          true_actions(labelled_m), steps=p.decoder_steps,
+          learning_rate=p.decoder_learning_rate, seed=config.seed)
+      rows = np.arange(num_transitions)
+      labels = policy_lib.decode_labels(decoder, decoder_params, actions_mka, keys_mkd)
+      unlabelled = np.setdiff1d(rows, labelled_m)
+      # Diagnostic only: how often f's pseudo-labels match the true actions.
+      labelling.update(fit_metrics, lam_variant=lam.config.lam.variant, lam_step=int(lam_step),
+                       pseudo_label_accuracy=float(np.mean(labels == true_actions(rows))),
+                       unlabelled_pseudo_label_accuracy=float(
+                           np.mean(labels[unlabelled] == true_actions(unlabelled)))
+                       if len(unlabelled) else None)
+    labelling["label_counts"] = np.bincount(labels, minlength=multigrid.NUM_ACTIONS).tolist()
+    data_dir = os.path.join(workdir, "policy_data")
+    data_tag = dict(labelling, tokens=token_tag, seed=int(config.seed), num_labels=int(p.num_labels),
+                    lam_workdir=lam_workdir if lam else "")
+    cls._write_training_set(data_dir, data_tag, meta, tokens_elhw[episode_m[rows], time_m[rows]],
+                            labels)
+    return cls(config, tokenizer, tok_params, task=task, data_dir=data_dir, labelling=labelling)
+
+  @staticmethod
+  def _latent_actions(path: str, tag: Dict[str, Any], lam, lam_params, tokens_elhw):
+    """The world model's latent actions and slot keys of every transition, cached in `path`."""
+    try:
+      with np.load(path) as cached:
+        if json.loads(str(cached["tag"])) == tag:
+          return cached["actions"], (cached["keys"] if "keys" in cached else None)
+    except (OSError, ValueError, KeyError):
+      pass
+    actions, keys = policy_lib.infer_latent_actions(lam, lam_params, tokens_elhw)
+    arrays = dict(tag=json.dumps(tag), actions=actions)
+    if keys is not None:
+      arrays["keys"] = keys
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return actions, keys
+
+  @staticmethod
+  def _write_training_set(out_dir: str, tag: Dict[str, Any], source_meta: Dict[str, Any],
+                          tokens_mhw: np.ndarray, labels_m: np.ndarray) -> None:
+    """(tokens, label) pairs as one-frame records, in the pipeline's format, unless cached."""
+    tag = json.loads(json.dumps(tag))
+    try:
+      if pipeline.load_metadata(out_dir).get("policy_tag") == tag:
+        return
+    except DataError:
+      pass
+    os.makedirs(out_dir, exist_ok=True)
+    pairs = (dict(tokens=tokens_mhw[i:i + 1].astype(np.int32),
+                    labels=labels_m[i:i + 1].astype(np.int32)) for i in range(len(labels_m)))
+    split = records.write_split(out_dir, "train", pairs, len(labels_m),
+                                episodes_per_shard=max(1, len(labels_m)),
+                                fields=PolicyStage.data_fields)
+    grid = list(tokens_mhw.shape[1:])
+    fields = [dict(name="tokens", dtype="int32", shape=[1] + grid),
+              dict(name="labels", dtype="int32", shape=[1])]
+    records.write_metadata(out_dir, dict(
+        source_meta, generator="flam_jax.stages.policy", num_episodes=len(labels_m),
+        config=dict(source_meta["config"], episode_length=1), splits=dict(train=split),
+        fields=fields, record_bytes=4 * (int(np.prod(grid)) + 1), policy_tag=tag))
+
+  def validate(self, metadata: dict) -> None:
+    del metadata  # The training set was written by `build`.
+
+  # ---- Model and loss. ----
+  def features(self, tokens_bhw):
+    return self.tokenizer.apply({"params": self.tokenizer_params}, tokens_bhw.astype(jnp.int32),
+                                method=Tokenizer.indices_to_features)
+
+  def init(self, rng, batch):
+    return self.model.init(rng, self.features(batch["tokens"][:, 0]))["params"]
+
+  def loss(self, params, batch, rng):
+    del rng
+    logits = self.model.apply({"params": params}, self.features(batch["tokens"][:, 0]))
+    loss, accuracy = cross_entropy(logits, batch["labels"][:, 0])
+    return loss, dict(accuracy=accuracy)
+
+  def visualize_arrays(self, params, batch):
+    del params, batch
+    return {}
+
+  def visualize(self, arrays) -> dict:
+    del arrays  # No pictures: the live evaluation is the policy's report.
+    return {}
+
+  # ---- Live evaluation. ----
+  def evaluate(self, params, stage_dir: str, step: int) -> Dict[str, Any]:
+    """Greedy pi_u in the goal task over policy.eval_episodes seeded episodes (cached per step)."""
+    p = self.config.policy
+    path = os.path.join(stage_dir, "evaluation.json")
+    key = dict(step=int(step), episodes=int(p.eval_episodes), seed=int(p.eval_seed))
+    cached = _read_json(path)
+    if cached and cached.get("key") == key:
+      return cached
+    out = policy_lib.evaluate_policy(
+        self.task, self.tokenizer, self.tokenizer_params, self.model, jax.device_get(params),
+        num_episodes=p.eval_episodes, seed=p.eval_seed)
+    out = dict(key=key, labelling=self.labelling, task=self.task.metadata_config(), **out)
+    if jax.process_index() == 0:
+      _write_json(path, out)
+    return out

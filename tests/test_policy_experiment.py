@@ -1,0 +1,47 @@
+"""experiments/policy.py: settings build (fast) and the tiny setting end to end (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from experiments import runner, settings
+from experiments import policy as policy_experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_setting_builds_its_task_and_policy_configs(tmp_path):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  for name, ps in policy_experiment.POLICY_SETTINGS.items():
+    experiment = policy_experiment.PolicyExperiment(
+        ps, "policy", settings.get_setting(name), str(tmp_path), compilation_cache="none")
+    for d in ps.distractors:
+      task = experiment.task(d + 1)  # Validates grid, resolution and free cells.
+      config = experiment.config(runner.Run("flam", "flam", d + 1, 0))
+      assert config.data.image_size == task.resolution == ps.image_size
+      assert config.lam.num_slots == d + 1
+      assert config.data.window_length <= task.episode_length
+    assert max(ps.labels) < 0.8 * ps.episodes * 4  # Fewer labels than (~4+) train transitions.
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_and_rerun_skips(tmp_path):
+  root = str(tmp_path / "policy")
+  cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny", "--seeds=0",
+         "--distractors=2", "--labels=5", f"--root={root}", "--compilation_cache=none"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  with open(os.path.join(root, "tiny", "results.json")) as f:
+    results = json.load(f)
+  for mode in ("true_actions", "labelled", "lam", "flam"):
+    stat = results["results"][f"2d/{mode}/5"]["success_rate"]
+    assert stat["n"] == 1 and 0.0 <= stat["mean"] <= 1.0, mode
+  assert os.path.exists(os.path.join(root, "tiny", "policy_2d.png"))
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and "policy labelled" not in again.stdout, again.stdout[-2000:]

@@ -1,0 +1,110 @@
+"""The policy stage end to end on a tiny goal task: modes, exact resume, one-line errors."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import multigrid as multigrid_config
+from flam_jax import train
+from flam_jax.data import goal_task
+from flam_jax.errors import FlamError
+
+TASK = goal_task.GoalTaskConfig(grid_size=6, resolution=24, num_distractors=2, max_steps=8)
+
+
+def tiny_config(stage: str, data_dir: str, **policy):
+  config = multigrid_config.get_config("flam")
+  config.stage = stage
+  config.data.dir = data_dir
+  config.data.image_size = 24
+  config.data.window_length = 1 if stage in ("tokenizer", "policy") else 4
+  config.data.num_workers = 0
+  config.batch_size = 4
+  config.num_train_steps = 2
+  config.log_every_steps = config.image_every_steps = config.checkpoint_every_steps = 1000
+  config.progress_bar = False
+  config.optim.warmup_steps = 1
+  config.tokenizer.update(dict(encoder_channels=(8, 8), z_channels=8, codebook_dim=8,
+                               levels=(4, 4, 2)))
+  config.lam.update(dict(d_model=16, num_heads=2, num_blocks=1, aggregator_blocks=1,
+                         num_slots=TASK.num_agents, slot_iterations=1, prediction_steps=2,
+                         subtoken_sizes=(4, 8), scene_action_levels=(4, 4), remat=False))
+  config.policy.update(dict(num_labels=10, decoder_steps=20, channels=(8,), hidden=16,
+                            eval_episodes=4))
+  config.policy.update(policy)
+  return config
+
+
+@pytest.fixture(scope="module")
+def lam_workdir(tmp_path_factory):
+  """Goal-task demonstrations, a tokenizer and a FLAM trained for 2 steps each."""
+  root = tmp_path_factory.mktemp("policy")
+  data_dir = str(root / "data")
+  goal_task.write_dataset(data_dir, TASK, num_episodes=10, seed=0, progress=False)
+  workdir = str(root / "flam")
+  train.run(tiny_config("tokenizer", data_dir), workdir)
+  train.run(tiny_config("lam", data_dir), workdir)
+  return workdir, data_dir
+
+
+def _params(stage_dir, step):
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(stage_dir, "checkpoints", str(step), "state"))["params"]
+
+
+def test_pseudo_labels_train_resume_exactly_and_evaluate(tmp_path, lam_workdir):
+  lam_dir, data_dir = lam_workdir
+  config = tiny_config("policy", data_dir, lam_workdir=lam_dir)
+  config.num_train_steps, config.checkpoint_every_steps = 6, 3
+  full = train.run(config, str(tmp_path / "full"))
+  assert full["step"] == 6 and np.isfinite(full["metrics"]["loss"])
+  evaluation = full["evaluation"]
+  assert evaluation["policy"]["num_episodes"] == 4
+  assert evaluation["expert"]["success_rate"] >= evaluation["random"]["success_rate"]
+  labelling = evaluation["labelling"]
+  assert labelling["labelled"] == 10 and 0.0 <= labelling["pseudo_label_accuracy"] <= 1.0
+  assert labelling["lam_variant"] == "flam"
+
+  # A run that crashed after its step-3 checkpoint resumes to the same parameters.
+  workdir = str(tmp_path / "resumed")
+  train.run(config, workdir)
+  shutil.rmtree(os.path.join(workdir, "policy", "checkpoints", "6"))
+  resumed = train.run(config, workdir)
+  assert resumed["step"] == 6
+  jax.tree.map(np.testing.assert_array_equal, _params(os.path.join(workdir, "policy"), 6),
+               _params(os.path.join(tmp_path / "full", "policy"), 6))
+
+
+@pytest.mark.parametrize("mode, transitions", [("labelled", 10), ("true_actions", None)])
+def test_behaviour_cloning_on_true_actions(tmp_path, lam_workdir, mode, transitions):
+  lam_dir, data_dir = lam_workdir
+  config = tiny_config("policy", data_dir, mode=mode)
+  config.lam.tokenizer_checkpoint = os.path.join(lam_dir, "tokenizer")
+  summary = train.run(config, str(tmp_path / mode))
+  labelling = summary["evaluation"]["labelling"]
+  assert labelling["mode"] == mode
+  if transitions is not None:
+    assert sum(labelling["label_counts"]) == transitions
+  else:
+    assert sum(labelling["label_counts"]) == labelling["transitions"] > 10
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, lam_workdir):
+  lam_dir, data_dir = lam_workdir
+  cases = [
+      (dict(lam_workdir=str(tmp_path / "nowhere")), {}, "has no latent action model"),
+      (dict(lam_workdir=lam_dir), {"tokenizer.z_channels": 16}, "tokenizer/lam mismatch"),
+      (dict(lam_workdir=lam_dir, num_labels=10**6), {}, "num_labels=1000000 is larger"),
+  ]
+  for policy, overrides, message in cases:
+    config = tiny_config("policy", data_dir, **policy)
+    for key, value in overrides.items():
+      section, leaf = key.split(".")
+      config[section][leaf] = value
+    with pytest.raises(FlamError) as error:
+      train.run(config, str(tmp_path / "w"))
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
