@@ -4,18 +4,21 @@
     python train.py --config=configs/multigrid.py:tokenizer --workdir=W --config.batch_size=128
 
 Each stage writes into `<workdir>/<stage>/` (checkpoints/, tb/, images/); re-running
-the same command resumes from the latest checkpoint there. Errors a user can cause
-print one line naming the problem and the fix, and exit with status 2.
+the same command resumes from the latest checkpoint there. Exit status (flam_jax/lib/cli.py):
+0 done, 2 a user error (one line naming the problem and the fix), 143 preempted after saving.
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from flam_jax.errors import ConfigError, FlamError
+from flam_jax.errors import ConfigError
+from flam_jax.lib import cli, config_validation, filesystem
 from flam_jax.lib.config_utils import stage_config
+
+USAGE = ("python train.py --config=configs/<file>.py[:<variant>] --workdir=<dir> "
+         "[--config.<key>=<value> ...]")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file, optionally with :variant.",
@@ -76,14 +79,39 @@ def run_stage(config, workdir: str) -> dict:
   return summary
 
 
+def stage_names(config) -> list:
+  stage = config.get("stage")
+  names = [s.strip() for s in stage.split(",") if s.strip()] if isinstance(stage, str) else []
+  unknown = [s for s in names if s not in STAGES]
+  if not names or unknown:
+    raise ConfigError(f"config.stage={stage!r} names unknown stages {unknown}; use "
+                      f"{' or '.join(STAGES)}, or a comma-separated list such as 'tokenizer,lam'")
+  return names
+
+
+def check_before_building(config, workdir: str, names) -> None:
+  """Every stage's config (config_validation) and every path, before any model is built."""
+  from flam_jax.stages import lam  # pylint: disable=g-import-not-at-top
+  for name in names:
+    view = stage_config(config, name)
+    try:
+      config_validation.validate(view, name)
+      if name == "lam":
+        lam.LatentActionStage.check_config(view)
+    except ConfigError as e:
+      if len(names) == 1:
+        raise
+      raise ConfigError(f"stage {name} (config.per_stage.{name} merged in): {e}") from e
+  filesystem.check_output_dir(workdir, "--workdir")
+  if config.data.dir:
+    filesystem.check_input_dir(config.data.dir, "--config.data.dir")
+
+
 def run(config, workdir: str) -> dict:
   """Runs each stage listed in config.stage ("tokenizer", "lam" or "tokenizer,lam") in order."""
   workdir = os.path.abspath(workdir)
-  names = [s.strip() for s in config.stage.split(",") if s.strip()]
-  unknown = [s for s in names if s not in STAGES]
-  if not names or unknown:
-    raise ConfigError(f"config.stage={config.stage!r} names unknown stages {unknown}; use "
-                      f"{' or '.join(STAGES)}, or a comma-separated list such as 'tokenizer,lam'")
+  names = stage_names(config)
+  check_before_building(config, workdir, names)
   ensure_dataset(config, workdir)
   summary = {}
   for name in names:
@@ -93,34 +121,24 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-def parse_flags(argv):
-  """absl flag parsing, with one-line errors for bad --config overrides instead of tracebacks."""
+def load_config():
+  """The --config flag's value; a config file that failed to load is one line, not a traceback."""
+  config = _CONFIG.value
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("'\"")
-    where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-    shown = where[0] if where else key
-    print(f"error: unknown config key {key!r} in {shown}; check the spelling against the "
-          "config file's get_config() (keys are listed in README.md)", file=sys.stderr)
-  sys.exit(2)
+    config.get("stage")  # config_flags defers a load failure to the first access.
+  except OSError as e:
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    raise ConfigError(f"cannot load --config={path}: {cli.one_line(e)}; check the path") from e
+  return config
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # Stray arguments are refused by cli.run.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and grain are chatty at INFO; -v 0 shows it.
-  try:
-    summary = run(_CONFIG.value, _WORKDIR.value)
-  except FlamError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  if summary["preempted"]:
-    sys.exit(143)  # 128 + SIGTERM: tells a scheduler the job did not finish.
+  summary = run(load_config(), _WORKDIR.value)
+  return cli.EXIT_PREEMPTED if summary["preempted"] else 0
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, USAGE)

@@ -1,0 +1,112 @@
+"""One exit convention for every command-line entry point.
+
+  0    finished
+  2    a user error (bad flag, config, data, path or checkpoint): one line `error: ...`
+       on stderr naming the problem and the fix, no traceback
+  143  preempted (SIGTERM) after saving a checkpoint; re-run the same command to resume
+  130  interrupted with Ctrl-C
+  1    anything else: a bug, reported with its traceback
+
+    if __name__ == "__main__":
+      cli.run(main, usage="python -m flam_jax.x --workdir=DIR [--flag=VALUE ...]")
+"""
+
+import errno
+import re
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+from absl import app, flags
+
+from flam_jax.errors import FlamError
+
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: tells a scheduler the job did not finish.
+EXIT_INTERRUPTED = 130  # 128 + SIGINT.
+
+# OSErrors that come from the machine or the user's paths, not from a bug.
+ENVIRONMENT_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+    errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EMFILE})
+
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): (.+)$")
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: message` (one line) to stderr and exits with status 2."""
+  message = " ".join(str(message).split())  # Never more than one line.
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+def one_line(exc: BaseException) -> str:
+  """The informative line of an exception whose message may embed a traceback (config_flags)."""
+  text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  if not lines:
+    return type(exc).__name__
+  raised = [m.group(1) for m in map(_EXCEPTION_LINE.match, lines) if m]
+  return raised[-1] if raised else lines[-1]
+
+
+def _config_key_error(exc: BaseException, argv: Sequence[str]) -> str:
+  """A misspelt --config.<key> override: name the argument and absl's suggestion."""
+  while exc.args and isinstance(exc.args[0], BaseException):  # AttributeError(KeyError(...))
+    exc = exc.args[0]
+  text = str(exc.args[0]) if exc.args else str(exc)
+  key = text.strip().splitlines()[0].strip("'\"") if text.strip() else "?"
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+  shown = where[0] if where else f"--config.*.{key}"
+  suggestion = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+  return (f"unknown config key {key!r} in {shown}{suggestion}; check the spelling against "
+          "the config file's get_config() (keys are listed in README.md)")
+
+
+def parse_flags(argv: Sequence[str]):
+  """absl flag parsing with one-line errors (flags, config files, config overrides)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{one_line(e)}; run with --helpshort for the flags")
+  except SyntaxError as e:
+    fail(f"cannot load the config file {e.filename}: {e.msg} at line {e.lineno}; fix the file")
+  except (AttributeError, KeyError) as e:
+    fail(_config_key_error(e, argv))
+  except (OSError, ValueError, TypeError) as e:
+    fail(f"{one_line(e)}; check the flags (run with --helpshort)")
+
+
+def _user_os_error(e: OSError) -> str:
+  where = f": {e.filename}" if e.filename else ""
+  return (f"{e.strerror or type(e).__name__}{where}; fix the path, its permissions or the "
+          "free space and re-run")
+
+
+def wrap_main(main: Callable[[Sequence[str]], Optional[int]], usage: str):
+  """`main` with the exit convention: stray arguments, FlamError and environment OSErrors
+  become one line and status 2; `main`'s return value is the exit status."""
+
+  def wrapped(argv):
+    if len(argv) > 1:
+      fail(f"unexpected arguments: {' '.join(argv[1:])}; usage: {usage}")
+    try:
+      return main(argv)
+    except FlamError as e:
+      fail(str(e))
+    except OSError as e:
+      if e.errno not in ENVIRONMENT_ERRNOS:
+        raise
+      fail(_user_os_error(e))
+    except KeyboardInterrupt:
+      print("interrupted", file=sys.stderr, flush=True)
+      return EXIT_INTERRUPTED
+
+  return wrapped
+
+
+def run(main: Callable[[Sequence[str]], Optional[int]], usage: str,
+        argv: Optional[Sequence[str]] = None) -> None:
+  """`absl.app.run` with one-line flag errors and the exit convention above."""
+  app.run(wrap_main(main, usage), argv=None if argv is None else list(argv),
+          flags_parser=parse_flags)
