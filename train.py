@@ -4,7 +4,7 @@
     python train.py --config=configs/multigrid.py:tokenizer --workdir=W --config.batch_size=128
 
 Each stage writes into `<workdir>/<stage>/` (checkpoints/, tb/, images/); re-running
-the same command resumes from the latest checkpoint there. Exit status (flam_jax/lib/cli.py):
+the same command resumes from the latest checkpoint there. Exit status (flam_jax/cli.py):
 0 done, 2 a user error (one line naming the problem and the fix), 143 preempted after saving.
 """
 
@@ -14,7 +14,8 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from flam_jax.errors import ConfigError
-from flam_jax.lib import cli, config_validation, filesystem
+from flam_jax import cli, filesystem
+from flam_jax.lib import config_validation
 from flam_jax.lib.config_utils import stage_config
 
 USAGE = ("python train.py --config=configs/<file>.py[:<variant>] --workdir=<dir> "

@@ -24,17 +24,17 @@ Frame 0 of every rollout is the tokenizer's reconstruction of the start frame.
 """
 
 import os
-import sys
 import weakref
 from typing import Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flam_jax import cli, filesystem
 from flam_jax.data import multigrid, pipeline
-from flam_jax.errors import ConfigError, DataError, FlamError
+from flam_jax.errors import ConfigError, DataError
 from flam_jax.lib import images
 from flam_jax.modules import fsq, latent_action
 from flam_jax.modules.tokenizer import Tokenizer
@@ -534,32 +534,24 @@ def generate(workdir: str, *, steps=None, split="test", episode=0, start=0, imag
   return paths
 
 
-def _parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}; run with --helpshort for the flags", file=sys.stderr)
-    sys.exit(2)
+USAGE = ("python -m flam_jax.generate --workdir=<trained workdir> [--actions=\"0,1;2,3\" | "
+         "--sample | --infer] [--control_grid] [--figure] [--out=<dir>]")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # Stray arguments are refused by cli.run.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  try:
-    f = flags.FLAGS
-    if not f.workdir:
-      raise ConfigError("--workdir is required: the workdir of a trained latent action model")
-    generate(f.workdir, steps=f.steps, split=f.split, episode=f.episode, start=f.start,
-             image=f.image, actions=f.actions, sample=f.sample, infer=f.infer,
-             control_grid=f.control_grid, figure=f.figure, max_codes=f.max_codes, out=f.out,
-             fps=f.fps, upscale=f.upscale, seed=f.seed, checkpoint_step=f.checkpoint_step)
-  except FlamError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  f = flags.FLAGS
+  if not f.workdir:
+    raise ConfigError("--workdir is required: the workdir of a trained latent action model")
+  filesystem.check_output_dir(f.out or os.path.join(f.workdir, "generate"), "--out")
+  generate(f.workdir, steps=f.steps, split=f.split, episode=f.episode, start=f.start,
+           image=f.image, actions=f.actions, sample=f.sample, infer=f.infer,
+           control_grid=f.control_grid, figure=f.figure, max_codes=f.max_codes, out=f.out,
+           fps=f.fps, upscale=f.upscale, seed=f.seed, checkpoint_step=f.checkpoint_step)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main, USAGE)

@@ -689,10 +689,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from flam_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "Workdir of a trained run (with lam/checkpoints).")
   flags.mark_flag_as_required("workdir")
   for _key, _default in EVAL_DEFAULTS.items():
     {str: flags.DEFINE_string, int: flags.DEFINE_integer}[type(_default)](
         _key, _default, f"eval.{_key} (see EVAL_DEFAULTS)")
-  app.run(main)
+  cli.run(main, "python -m flam_jax.lib.evaluator --workdir=<trained workdir> [--steps=S1,S2] "
+          "[--workdirs=W2,W3] [--split=test]")
