@@ -130,3 +130,13 @@ def test_incompatible_checkpoint_and_corrupt_shard(tmp_path, data_dir):
   assert out.returncode == 2, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and shard in last, last
+
+
+@pytest.mark.slow
+def test_lam_stage_kill_9_then_resume_is_bitwise_equal(tmp_path):
+  """One kill point of scripts/soak_resume.py on the lam stage (its tokenizer is trained first)."""
+  out = subprocess.run(
+      [sys.executable, "scripts/soak_resume.py", "--stage=lam", "--points=1", "--steps=12",
+       "--every=4", f"--seed={int(time.time()) % 1000}", f"--out={tmp_path}"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3000)
+  assert out.returncode == 0 and "1/1 bitwise equal" in out.stdout, out.stdout + out.stderr[-3000:]
