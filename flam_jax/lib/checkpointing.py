@@ -254,6 +254,9 @@ class Checkpointer:
         target = os.path.join(target_dir, f"{step}.{int(time.time())}")
         shutil.move(os.path.join(self.directory, str(step)), target)
         warn(f"moved damaged checkpoint {step} to {target}; resuming from step {good}")
+    if jax.process_count() > 1:  # Every process lists the steps only after the move.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("flam_jax_checkpoint_quarantine")
     self._manager.reload()
 
   def restore_params(self, step: Optional[int] = None) -> Any:

@@ -146,16 +146,17 @@ class NonFiniteGuard:
 
   def _fail(self, step: int, m) -> None:
     metric = "loss" if not np.isfinite(m["loss"]) else "grad_norm"
-    kept = (f"the last good checkpoint is step {self.last_saved} in {self.checkpoints}"
-            if self.last_saved is not None else "no checkpoint was saved")
+    kept = (f"the latest checkpoint is still step {self.last_saved} in {self.checkpoints}"
+            if self.last_saved is not None else "no checkpoint had been saved")
+    value = m[metric]
     if self.skip:
       raise TrainingError(
           f"{self.in_a_row} steps in a row up to step {step} had a non-finite {metric} "
-          f"({m[metric]}); {kept}; lower --config.optim.learning_rate or check the data")
+          f"({value}); stopped, {kept}; lower --config.optim.learning_rate or check the data")
     raise TrainingError(
-        f"step {step} has a non-finite {metric} ({m[metric]}); nothing was saved after it and "
-        f"{kept}; lower --config.optim.learning_rate, or set --config.skip_nonfinite_steps=True "
-        "to skip such steps")
+        f"step {step} has a non-finite {metric} ({value}); stopped before saving it, {kept}; "
+        "lower --config.optim.learning_rate, or set --config.skip_nonfinite_steps=True to skip "
+        "such steps")
 
 
 def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
