@@ -57,10 +57,17 @@ def _config_key_error(exc: BaseException, argv: Sequence[str]) -> str:
   key = text.strip().splitlines()[0].strip("'\"") if text.strip() else "?"
   hint = re.search(r'Did you mean "([^"]+)"', text)
   where = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-  shown = where[0] if where else f"--config.*.{key}"
+  if not where:  # Not an override: the config file's get_config() itself failed.
+    return _config_file_error(exc)
+  shown = where[0]
   suggestion = f" (did you mean {hint.group(1)!r}?)" if hint else ""
   return (f"unknown config key {key!r} in {shown}{suggestion}; check the spelling against "
           "the config file's get_config() (keys are listed in README.md)")
+
+
+def _config_file_error(exc: BaseException) -> str:
+  return (f"loading the config failed ({type(exc).__name__}: {one_line(exc)}); fix the config "
+          "file's get_config() or the --config flag")
 
 
 def parse_flags(argv: Sequence[str]):
@@ -73,8 +80,9 @@ def parse_flags(argv: Sequence[str]):
     fail(f"cannot load the config file {e.filename}: {e.msg} at line {e.lineno}; fix the file")
   except (AttributeError, KeyError) as e:
     fail(_config_key_error(e, argv))
-  except (OSError, ValueError, TypeError) as e:
-    fail(f"{one_line(e)}; check the flags (run with --helpshort)")
+  except Exception as e:  # pylint: disable=broad-except
+    # Flag parsing runs the config file's get_config(): whatever it raises is the file's.
+    fail(_config_file_error(e))
 
 
 def _user_os_error(e: OSError) -> str:
