@@ -124,13 +124,10 @@ def run(config, workdir: str) -> dict:
 
 def load_config():
   """The --config flag's value; a config file that failed to load is one line, not a traceback."""
-  config = _CONFIG.value
-  try:
-    config.get("stage")  # config_flags defers a load failure to the first access.
-  except OSError as e:
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
-    raise ConfigError(f"cannot load --config={path}: {cli.one_line(e)}; check the path") from e
-  return config
+  failed_load = cli.config_load_error()
+  if failed_load:
+    raise ConfigError(failed_load)
+  return _CONFIG.value
 
 
 def main(argv):

@@ -70,19 +70,45 @@ def _config_file_error(exc: BaseException) -> str:
           "file's get_config() or the --config flag")
 
 
+def config_load_error(name: str = "config") -> Optional[str]:
+  """Why the config file of the ml_collections flag `name` did not load, or None.
+
+  config_flags defers a failed load (a missing file) to the config's first use.
+  """
+  if name not in flags.FLAGS:
+    return None
+  try:
+    config = flags.FLAGS[name].value
+    if config is not None:
+      config.get("stage")
+  except OSError as e:
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    path = config_flags.get_config_filename(flags.FLAGS[name])
+    return f"cannot load --{name}={path}: {one_line(e)}; check the path"
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return None
+
+
 def parse_flags(argv: Sequence[str]):
   """absl flag parsing with one-line errors (flags, config files, config overrides)."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(f"{one_line(e)}; run with --helpshort for the flags")
-  except SyntaxError as e:
-    fail(f"cannot load the config file {e.filename}: {e.msg} at line {e.lineno}; fix the file")
-  except (AttributeError, KeyError) as e:
-    fail(_config_key_error(e, argv))
   except Exception as e:  # pylint: disable=broad-except
-    # Flag parsing runs the config file's get_config(): whatever it raises is the file's.
-    fail(_config_file_error(e))
+    fail(config_load_error() or _parse_error(e, argv))
+
+
+def _parse_error(e: Exception, argv: Sequence[str]) -> str:
+  if isinstance(e, flags.Error):
+    return f"{one_line(e)}; run with --helpshort for the flags"
+  if isinstance(e, SyntaxError):
+    return f"cannot load the config file {e.filename}: {e.msg} at line {e.lineno}; fix the file"
+  if isinstance(e, (AttributeError, KeyError)):
+    return _config_key_error(e, argv)
+  if isinstance(e, OSError):  # A config file that is missing or unreadable.
+    return f"cannot load the config: {one_line(e)}; check the --config path"
+  # Flag parsing runs the config file's get_config(): whatever it raises is the file's.
+  return _config_file_error(e)
 
 
 def _user_os_error(e: OSError) -> str:

@@ -169,7 +169,7 @@ def paths(tmp_path_factory):
 
 
 TRAIN_CASES = [
-    (["--config=configs/nope.py"], "cannot load --config=configs/nope.py"),
+    (["--config=configs/nope.py"], "No such file or directory: 'configs/nope.py'; check the"),
     (["--config=configs/multigrid.py:bogus"], "unknown variant 'bogus'"),
     (["--config=configs/multigrid.py", "--config.tokenizer.z_chanels=4"],
      "unknown config key 'z_chanels' in --config.tokenizer.z_chanels=4 (did you mean 'z_channels'?)"),
@@ -191,7 +191,8 @@ TRAIN_CASES = [
 
 @pytest.mark.parametrize("args, message", TRAIN_CASES)
 def test_train_py_bad_input(tmp_path, args, message):
-  out = _entry(["train.py", args[0], f"--workdir={tmp_path / 'w'}", *args[1:], *TINY])
+  # The case's overrides come last: they win over TINY's (absl applies them in order).
+  out = _entry(["train.py", args[0], f"--workdir={tmp_path / 'w'}", *TINY, *args[1:]])
   _assert_one_line_error(out, message)
 
 
