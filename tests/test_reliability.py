@@ -142,7 +142,7 @@ TINY = ["--config.data.image_size=32", "--config.tokenizer.encoder_channels=(8,8
         "--config.num_train_steps=1", "--config.progress_bar=False"]
 
 
-def _entry(args, timeout=240):
+def _entry(args, timeout=900):  # Generous: imports take minutes on a loaded 2-core CPU.
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
