@@ -144,12 +144,12 @@ def test_lam_stage_kill_9_then_resume_is_bitwise_equal(tmp_path):
 
 def test_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(tmp_path, data_dir):
   workdir = str(tmp_path / "w")
-  out = _run(_cmd(workdir, data_dir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=4"))
+  out = _run(_cmd(workdir, data_dir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=4"), timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   good = _final_params(workdir, 4)
   # Resumes at step 4 with a learning rate that overflows the parameters within a few steps.
   out = _run(_cmd(workdir, data_dir, "--config.num_train_steps=12", "--config.checkpoint_every_steps=2",
-                  "--config.optim.learning_rate=1e38"))
+                  "--config.optim.learning_rate=1e38"), timeout=900)
   assert out.returncode == 2, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]
   assert "has a non-finite" in last and "the latest checkpoint is still step 4" in last, last
