@@ -1,4 +1,9 @@
-"""One exit convention for every command-line entry point.
+"""What the command lines share (flam-train, flam-eval, flam-generate, the Multigrid
+writer): flags defined at run time, absl logging at WARNING, and one exit convention.
+
+Flags are defined only when a program runs (importing a CLI module defines none);
+absl logging defaults to WARNING (orbax and grain are chatty at INFO; -v 0 shows it).
+Exit status:
 
   0    finished
   2    a user error (bad flag, config, data, path or checkpoint): one line `error: ...`
@@ -8,7 +13,7 @@
   1    anything else: a bug, reported with its traceback
 
     if __name__ == "__main__":
-      cli.run(main, usage="python -m flam_jax.x --workdir=DIR [--flag=VALUE ...]")
+      cli.run(main, define_flags, usage="python -m flam_jax.x --workdir=DIR [--flag=VALUE ...]")
 """
 
 import errno
@@ -16,9 +21,11 @@ import re
 import sys
 from typing import Callable, NoReturn, Optional, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from flam_jax.errors import FlamError
+
+FLAGS = flags.FLAGS
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: tells a scheduler the job did not finish.
@@ -30,6 +37,10 @@ ENVIRONMENT_ERRNOS = frozenset({
     errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.EMFILE})
 
 _EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): (.+)$")
+
+
+def define_workdir_flag(help_text: str) -> None:
+  flags.DEFINE_string("workdir", None, help_text)
 
 
 def fail(message: str) -> NoReturn:
@@ -118,12 +129,17 @@ def _user_os_error(e: OSError) -> str:
 
 
 def wrap_main(main: Callable[[Sequence[str]], Optional[int]], usage: str):
-  """`main` with the exit convention: stray arguments, FlamError and environment OSErrors
-  become one line and status 2; `main`'s return value is the exit status."""
+  """`main` with the exit convention: stray arguments, a missing --workdir, FlamError and
+  environment OSErrors become one line and status 2; `main`'s return value is the exit status."""
 
   def wrapped(argv):
     if len(argv) > 1:
       fail(f"unexpected arguments: {' '.join(argv[1:])}; usage: {usage}")
+    if FLAGS.is_parsed():
+      if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+      if "workdir" in FLAGS and not FLAGS.workdir:
+        fail(f"--workdir is required: {FLAGS['workdir'].help.rstrip('.')}; usage: {usage}")
     try:
       return main(argv)
     except FlamError as e:
@@ -139,8 +155,11 @@ def wrap_main(main: Callable[[Sequence[str]], Optional[int]], usage: str):
   return wrapped
 
 
-def run(main: Callable[[Sequence[str]], Optional[int]], usage: str,
-        argv: Optional[Sequence[str]] = None) -> None:
-  """`absl.app.run` with one-line flag errors and the exit convention above."""
+def run(main: Callable[[Sequence[str]], Optional[int]], define_flags: Callable[[], None],
+        usage: str, argv: Optional[Sequence[str]] = None,
+        flags_parser: Callable = parse_flags) -> None:
+  """Defines the program's flags, then `absl.app.run` with one-line flag errors and the
+  exit convention above."""
+  define_flags()
   app.run(wrap_main(main, usage), argv=None if argv is None else list(argv),
-          flags_parser=parse_flags)
+          flags_parser=flags_parser)

@@ -227,8 +227,8 @@ def test_train_py_bad_file_or_path(paths, case, message):
     (["-m", "flam_jax.generate", "--workdir={base}/none"], "no latent action model checkpoint"),
     (["-m", "flam_jax.generate", "--workdir={base}/none", "stray"], "unexpected arguments"),
     (["-m", "flam_jax.generate", "--workdir={base}/none", "--out={file}"], "--out="),
-    (["-m", "flam_jax.lib.evaluator", "--workdir={base}/none"], "no latent action model"),
-    (["-m", "flam_jax.lib.evaluator", "--workdir={base}/none", "x"], "unexpected arguments: x"),
+    (["-m", "flam_jax.evaluate", "--workdir={base}/none"], "no latent action model"),
+    (["-m", "flam_jax.evaluate", "--workdir={base}/none", "x"], "unexpected arguments: x"),
 ])
 def test_other_entry_points_bad_input(paths, args, message):
   out = _entry([a.format(**paths) for a in args])

@@ -3,7 +3,8 @@
 FLAM (Sec 5) extends MiniGrid to K agents that each pick an action per step; the
 model only sees the frames and must factor the dynamics into per-entity latent
 actions. This module is numpy only (no gym, no display): it simulates episodes,
-renders them, and writes them to ArrayRecord shards that `pipeline.py` reads.
+renders them, and writes them in the dataset format of `records.py` that
+`pipeline.py` reads.
 
 World rules:
   * The grid has `grid_size` cells per side; the outer ring is wall, and a
@@ -23,7 +24,7 @@ World rules:
     taken). Blocked forward moves leave the agent in place; forward never
     changes the heading.
 
-Rendering: floor black, walls grey, agent k a MiniGrid triangle pointing along
+Rendering (multigrid_render.py): floor black, walls grey, agent k a MiniGrid triangle pointing along
 its heading in colour `AGENT_COLORS[k]`. Frames are rendered from the per-pixel
 entity-id mask (0 floor, 1 wall, 2 + k agent k) through a colour lookup table,
 so frames and masks agree by construction. With 1 pixel per cell the triangle
@@ -39,18 +40,18 @@ CLI:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from absl import flags
-from array_record.python import array_record_module
 import numpy as np
 import tqdm
 
 from flam_jax import cli, filesystem
+from flam_jax.data import records
+from flam_jax.data.multigrid_render import COLOR_LUT, render_masks
 from flam_jax.errors import ConfigError
 
 # Actions.
@@ -66,41 +67,9 @@ HEADING_DELTAS = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]],
                           np.int32)  # [4, 2]
 
 # Entity ids in masks.
-FLOOR_ID = 0
-WALL_ID = 1
-FIRST_AGENT_ID = 2
+FLOOR_ID, WALL_ID, FIRST_AGENT_ID = records.FLOOR_ID, records.WALL_ID, records.FIRST_AGENT_ID
 MAX_AGENTS = 16
 
-FLOOR_COLOR = np.array([0, 0, 0], np.uint8)
-WALL_COLOR = np.array([100, 100, 100], np.uint8)
-# 16 well-separated colours (Trubetskoy's palette minus black/white/greys).
-AGENT_COLORS = np.array(
-    [
-        [230, 25, 75],  # red
-        [60, 180, 75],  # green
-        [255, 225, 25],  # yellow
-        [0, 130, 200],  # blue
-        [245, 130, 48],  # orange
-        [145, 30, 180],  # purple
-        [70, 240, 240],  # cyan
-        [240, 50, 230],  # magenta
-        [210, 245, 60],  # lime
-        [250, 190, 212],  # pink
-        [0, 128, 128],  # teal
-        [220, 190, 255],  # lavender
-        [170, 110, 40],  # brown
-        [255, 250, 200],  # beige
-        [128, 0, 0],  # maroon
-        [0, 0, 128],  # navy
-    ],
-    np.uint8,
-)  # [16, 3]
-
-# Entity id -> RGB: [2 + 16, 3].
-COLOR_LUT = np.concatenate([FLOOR_COLOR[None], WALL_COLOR[None], AGENT_COLORS])
-
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation", "test")
 # Order in which the arrays of an episode are concatenated in a record.
 FIELDS = ("frames", "masks", "actions", "positions", "headings")
 FIELD_DTYPES = {
@@ -114,9 +83,6 @@ FIELD_DTYPES = {
 RECORD_DTYPES = {
     f: np.dtype(d).newbyteorder("<") for f, d in FIELD_DTYPES.items()
 }
-METADATA_FILE = "metadata.json"
-# group_size:1 makes each record its own chunk, so random access is one read.
-WRITER_OPTIONS = "group_size:1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,24 +149,6 @@ def field_shapes(cfg: MultigridConfig) -> dict[str, tuple[int, ...]]:
       "positions": (l, k, 2),
       "headings": (l, k),
   }
-
-
-def agent_sprites(cell_size: int) -> np.ndarray:
-  """MiniGrid triangles for the 4 headings: bool [4, c, c]."""
-  c = cell_size
-  y, x = (np.mgrid[0:c, 0:c] + 0.5) / c  # Pixel centres in [0, 1].
-  # MiniGrid's agent triangle, pointing right (+x = +col).
-  a, b, d = (0.12, 0.19), (0.87, 0.50), (0.12, 0.81)
-
-  def side(p, q):
-    return (x - q[0]) * (p[1] - q[1]) - (p[0] - q[0]) * (y - q[1])
-
-  s1, s2, s3 = side(a, b), side(b, d), side(d, a)
-  has_neg = (s1 < 0) | (s2 < 0) | (s3 < 0)
-  has_pos = (s1 > 0) | (s2 > 0) | (s3 > 0)
-  right_cc = ~(has_neg & has_pos)
-  # Heading h is h quarter turns clockwise from right (down = +row).
-  return np.stack([np.rot90(right_cc, k=-h) for h in range(4)])
 
 
 def _flood_fill(free_GG: np.ndarray, seed_rc: tuple[int, int]) -> np.ndarray:
@@ -299,88 +247,9 @@ def generate_episode(cfg: MultigridConfig,
   }
 
 
-def render_masks(cfg: MultigridConfig, walls_GG: np.ndarray,
-                 positions: np.ndarray, headings: np.ndarray) -> np.ndarray:
-  """Entity-id masks uint8 [L, H, W]; positions [L, K, 2], headings [L, K]."""
-  c = cfg.cell_size
-  l, k = headings.shape
-  static_HW = np.where(walls_GG, WALL_ID, FLOOR_ID).astype(np.uint8)
-  static_HW = np.repeat(np.repeat(static_HW, c, axis=0), c, axis=1)
-  masks = np.repeat(static_HW[None], l, axis=0)  # [L, H, W]
-  # Paste every agent sprite of every frame in one scatter.
-  on_LKcc = agent_sprites(c)[headings]  # [L, K, c, c]
-  ar = np.arange(c)
-  t_idx = np.arange(l)[:, None, None, None]
-  r_idx = positions[..., 0, None, None] * c + ar[:, None]  # [L, K, c, 1]
-  c_idx = positions[..., 1, None, None] * c + ar[None, :]  # [L, K, 1, c]
-  ids = (FIRST_AGENT_ID + np.arange(k, dtype=np.uint8))[None, :, None, None]
-  shape = on_LKcc.shape
-  masks[np.broadcast_to(t_idx, shape)[on_LKcc],
-        np.broadcast_to(r_idx, shape)[on_LKcc],
-        np.broadcast_to(c_idx, shape)[on_LKcc]] = np.broadcast_to(
-            ids, shape)[on_LKcc]
-  return masks
-
-
 def episode_rng(seed: int, episode: int) -> np.random.Generator:
   """The rng of episode `episode` in a dataset generated with `seed`."""
   return np.random.default_rng([seed, episode])
-
-
-def split_counts(num_episodes: int) -> dict[str, int]:
-  """Episodes per split, 80/10/10.
-
-  validation and test get floor(10%) each, raised to 1 when num_episodes >= 3;
-  train gets the rest. Fewer than 3 episodes all go to train.
-  """
-  if num_episodes < 3:
-    return {"train": num_episodes, "validation": 0, "test": 0}
-  n_eval = max(1, num_episodes // 10)
-  return {
-      "train": num_episodes - 2 * n_eval,
-      "validation": n_eval,
-      "test": n_eval,
-  }
-
-
-def serialize_episode(episode: dict[str, np.ndarray],
-                      fields: Sequence[str] = FIELDS) -> bytes:
-  """Raw little-endian bytes of `fields`, concatenated in order."""
-  return b"".join(
-      np.ascontiguousarray(
-          episode[f],
-          dtype=RECORD_DTYPES.get(f, np.dtype(episode[f].dtype).newbyteorder("<"))).tobytes()
-      for f in fields)
-
-
-def write_split_shards(out_dir: str, split: str, episodes: Iterable[dict[str, np.ndarray]],
-                       num_episodes: int, episodes_per_shard: int,
-                       fields: Sequence[str] = FIELDS, bar=None) -> dict[str, Any]:
-  """Writes one split's episodes (in order) as ArrayRecord shards; returns its metadata."""
-  num_shards = math.ceil(num_episodes / episodes_per_shard)
-  episodes = iter(episodes)
-  shards, sizes = [], []
-  for i in range(num_shards):
-    name = f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
-    size = min(episodes_per_shard, num_episodes - i * episodes_per_shard)
-    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), WRITER_OPTIONS)
-    for _ in range(size):
-      writer.write(serialize_episode(next(episodes), fields))
-      if bar is not None:
-        bar.update(1)
-    writer.close()
-    shards.append(name)
-    sizes.append(size)
-  return {"num_episodes": num_episodes, "shards": shards, "shard_num_episodes": sizes}
-
-
-def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
-  """metadata.json, written last and atomically: its presence means the shards are complete."""
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  tmp_path = meta_path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(tmp_path, meta_path)
 
 
 def write_dataset(out_dir: str,
@@ -402,26 +271,24 @@ def write_dataset(out_dir: str,
     raise ConfigError(
         f"episodes_per_shard={episodes_per_shard}; use at least 1")
   os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # Stale metadata must not describe half-new shards.
+  records.remove_metadata(out_dir)
 
-  counts = split_counts(num_episodes)
+  counts = records.split_counts(num_episodes)
   splits_meta = {}
   first = 0
   bar = tqdm.tqdm(total=num_episodes, desc="episodes", disable=not progress)
-  for split in SPLITS:
+  for split in records.SPLITS:
     n = counts[split]
     episodes = (generate_episode(cfg, episode_rng(seed, e)) for e in range(first, first + n))
-    splits_meta[split] = write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
-                                            bar=bar)
+    splits_meta[split] = records.write_split(out_dir, split, episodes, n, episodes_per_shard,
+                                             FIELDS, dtypes=RECORD_DTYPES, bar=bar)
     splits_meta[split]["first_episode"] = first
     first += n
   bar.close()
 
   shapes = field_shapes(cfg)
   metadata = {
-      "format_version": FORMAT_VERSION,
+      "format_version": records.FORMAT_VERSION,
       "generator": "flam_jax.data.multigrid",
       "config": dataclasses.asdict(cfg),
       "seed": seed,
@@ -438,7 +305,7 @@ def write_dataset(out_dir: str,
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
   }
-  write_metadata(out_dir, metadata)
+  records.write_metadata(out_dir, metadata)
   return metadata
 
 
@@ -475,7 +342,7 @@ def _main(argv):
   meta = write_dataset(flags_.out, cfg, flags_.episodes, seed=flags_.seed,
                        episodes_per_shard=flags_.episodes_per_shard)
   counts = ", ".join(
-      f"{s}={meta['splits'][s]['num_episodes']}" for s in SPLITS)
+      f"{s}={meta['splits'][s]['num_episodes']}" for s in records.SPLITS)
   print(f"wrote {meta['num_episodes']} episodes to"
         f" {os.path.abspath(flags_.out)} ({counts})")
 
@@ -492,6 +359,5 @@ def _undash(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  _define_flags()
-  cli.run(_main, "python -m flam_jax.data.multigrid --out=<dir> [--num_agents=4] "
+  cli.run(_main, _define_flags, "python -m flam_jax.data.multigrid --out=<dir> [--num_agents=4] "
           "[--episodes=10000] [--resolution=128] [--grid_size=32]", argv=_undash(sys.argv))

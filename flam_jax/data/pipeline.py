@@ -1,6 +1,6 @@
 """Grain input pipeline over Multigrid shards: batches of fixed-length windows.
 
-A dataset directory (written by `multigrid.write_dataset`) holds metadata.json
+A dataset directory (in the format of `records.py`, e.g. `multigrid.write_dataset`'s) holds metadata.json
 and, per split, ArrayRecord shards with one record per episode. Training reads
 windows of `window_length` consecutive frames whose starts are `window_stride`
 frames apart inside an episode; with W windows per episode, window index i is
@@ -29,7 +29,7 @@ from array_record.python import array_record_module
 import grain
 import numpy as np
 
-from flam_jax.data import multigrid
+from flam_jax.data import records
 from flam_jax.errors import ConfigError
 from flam_jax.errors import DataError
 
@@ -67,10 +67,10 @@ def load_metadata(data_dir: str) -> dict[str, Any]:
   if not os.path.isdir(data_dir):
     raise DataError(f"dataset directory {data_dir} does not exist;"
                     f" generate it with `{_GEN_CMD.format(dir=data_dir)}`")
-  path = os.path.join(data_dir, multigrid.METADATA_FILE)
+  path = os.path.join(data_dir, records.METADATA_FILE)
   if not os.path.isfile(path):
     raise DataError(
-        f"{data_dir} has no {multigrid.METADATA_FILE} (not a dataset, or"
+        f"{data_dir} has no {records.METADATA_FILE} (not a dataset, or"
         f" generation did not finish); generate it with"
         f" `{_GEN_CMD.format(dir=data_dir)}`")
   try:
@@ -81,10 +81,10 @@ def load_metadata(data_dir: str) -> dict[str, Any]:
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"cannot read {path} ({type(e).__name__}: {e});"
                     f" {_regen_hint(data_dir)}") from e
-  if version != multigrid.FORMAT_VERSION:
+  if version != records.FORMAT_VERSION:
     raise DataError(
         f"{path} has format_version={version}, this code reads"
-        f" {multigrid.FORMAT_VERSION}; {_regen_hint(data_dir)}")
+        f" {records.FORMAT_VERSION}; {_regen_hint(data_dir)}")
   for shards, sizes, total in shard_lists:
     if len(shards) != len(sizes) or sum(sizes) != total:
       raise DataError(f"{path} lists inconsistent shard sizes;"
@@ -270,14 +270,6 @@ class WindowSource:
     return out
 
 
-def _shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-  """Contiguous [lo, hi) of n items for shard `index` of `count`."""
-  if not 0 <= index < count:
-    raise ConfigError(f"shard_index={index} is out of range for"
-                      f" shard_count={count}")
-  return n * index // count, n * (index + 1) // count
-
-
 def make_dataset(data_dir: str,
                  split: str,
                  *,
@@ -330,7 +322,7 @@ def make_dataset(data_dir: str,
       import jax  # pylint: disable=g-import-not-at-top
       shard_index = jax.process_index() if shard_index is None else shard_index
       shard_count = jax.process_count() if shard_count is None else shard_count
-    lo, hi = _shard_bounds(len(ds), shard_index, shard_count)
+    lo, hi = records.shard_bounds(len(ds), shard_index, shard_count)
     ds = ds[lo:hi]
     if len(ds) == 0:  # pylint: disable=g-explicit-length-test
       raise DataError(

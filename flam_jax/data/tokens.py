@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import tqdm
 
-from flam_jax.data import multigrid, pipeline
+from flam_jax.data import pipeline, records
 
 TOKEN_FIELDS = ("tokens", "actions", "positions", "headings")
 
@@ -26,6 +26,21 @@ def _matches(out_dir: str, tag: dict[str, Any]) -> bool:
     return pipeline.load_metadata(out_dir).get("tokens", {}).get("tag") == tag
   except Exception:  # pylint: disable=broad-except
     return False
+
+
+def _stability_counts(frames_elHWc: np.ndarray, tokens_elhw: np.ndarray) -> np.ndarray:
+  """[patch transitions, pixel-identical patches, of those the ones whose token is kept].
+
+  A tokenizer that is stable for unchanged content keeps the token of every patch whose
+  pixels do not change between consecutive frames; the copy baseline and the world
+  model's easy default both rely on it.
+  """
+  e, l, height, width, _ = frames_elHWc.shape
+  h, w = tokens_elhw.shape[2:]
+  patches = frames_elHWc.reshape(e, l, h, height // h, w, width // w, 3)
+  unchanged = np.all(patches[:, 1:] == patches[:, :-1], axis=(3, 5, 6))  # [E, L-1, h, w]
+  kept = tokens_elhw[:, 1:] == tokens_elhw[:, :-1]
+  return np.array([unchanged.size, unchanged.sum(), (unchanged & kept).sum()], np.int64)
 
 
 def cache_tokens(data_dir: str, out_dir: str,
@@ -58,6 +73,7 @@ def cache_tokens(data_dir: str, out_dir: str,
   probe = encode_fn(np.zeros((frames_per_call, size, size, 3), np.uint8))
   grid = tuple(probe.shape[1:])
   episodes_per_call = max(1, frames_per_call // length)
+  stability = np.zeros(3, np.int64)  # [patch transitions, pixel-unchanged, ... token kept too]
 
   def encoded_episodes(split: str):
     source = pipeline.WindowSource(
@@ -70,6 +86,8 @@ def cache_tokens(data_dir: str, out_dir: str,
       padded = np.zeros((frames_per_call,) + frames.shape[1:], np.uint8)
       padded[:len(frames)] = frames
       tokens = np.asarray(encode_fn(padded))[:len(frames)].astype(np.int32)
+      stability[:] += _stability_counts(frames.reshape((len(chunk), length) + frames.shape[1:]),
+                                        tokens.reshape((len(chunk), length) + grid))
       for i, ep in enumerate(chunk):
         yield dict(tokens=tokens[i * length:(i + 1) * length], actions=ep["actions"],
                    positions=ep["positions"], headings=ep["headings"])
@@ -77,19 +95,28 @@ def cache_tokens(data_dir: str, out_dir: str,
   splits = {}
   bar = tqdm.tqdm(total=source_meta["num_episodes"], desc="tokenizing", disable=not progress)
   for split, info in source_meta["splits"].items():
-    splits[split] = multigrid.write_split_shards(
+    splits[split] = records.write_split(
         out_dir, split, encoded_episodes(split), info["num_episodes"],
         source_meta["episodes_per_shard"], fields=TOKEN_FIELDS, bar=bar) if info["num_episodes"] else dict(
             num_episodes=0, shards=[], shard_num_episodes=[])
     splits[split]["first_episode"] = info.get("first_episode", 0)
   bar.close()
 
+  token_stability = dict(
+      unchanged_patch_fraction=float(stability[1] / max(stability[0], 1)),
+      token_kept_if_unchanged=float(stability[2] / max(stability[1], 1)))
+  if progress:
+    print(f"token stability: {100 * token_stability['token_kept_if_unchanged']:.1f}% of the "
+          f"patches whose pixels do not change keep their token "
+          f"({100 * token_stability['unchanged_patch_fraction']:.1f}% of patches do not change)",
+          flush=True)
   shapes = {fd["name"]: fd["shape"] for fd in source_meta["fields"]}
   shapes["tokens"] = [length, *grid]
   fields = [dict(name=f, dtype="int32", shape=list(shapes[f])) for f in TOKEN_FIELDS]
   metadata = dict(
       source_meta, splits=splits, fields=fields,
       record_bytes=sum(int(np.prod(fd["shape"])) * 4 for fd in fields),
-      tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=list(grid)))
-  multigrid.write_metadata(out_dir, metadata)
+      tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=list(grid),
+                  stability=token_stability))
+  records.write_metadata(out_dir, metadata)
   return metadata
