@@ -176,8 +176,9 @@ TRAIN_CASES = [
     (["--config=configs/multigrid.py", "stray"], "unexpected arguments: stray; usage: python train.py"),
     (["--config=configs/multigrid.py", "--bogus_flag=1"], "Unknown command line flag 'bogus_flag'"),
     (["--config=configs/multigrid.py", "--config.num_train_steps=0"], "num_train_steps=0"),
+    # After TINY's (8,8), ml_collections 1.1 appends the override to the tuple: (8, 8, 'wide').
     (["--config=configs/multigrid.py", "--config.tokenizer.encoder_channels=wide"],
-     "tokenizer.encoder_channels=('wide',)"),
+     "'wide') is not a non-empty tuple of integers; write it as --config.tokenizer.encoder_channels="),
     (["--config=configs/multigrid.py", "--config.tokenizer.levels=()"], "tokenizer.levels=()"),
     (["--config=configs/multigrid.py:flam", "--config.lam.aggregator_mode=foo"],
      "lam.aggregator_mode='foo'"),
