@@ -30,6 +30,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.keep_checkpoints = 3
   config.progress_bar = True
   config.compute_dtype = "float32"  # or "bfloat16": bf16 compute, float32 params and losses.
+  # A step with a non-finite loss or gradient norm stops the run before anything is saved
+  # (False) or is skipped, leaving parameters and optimizer state unchanged (True).
+  config.skip_nonfinite_steps = False
   # Per-stage overrides of the keys above, for configs whose `stage` lists several stages
   # ("tokenizer,lam"): e.g. per_stage.tokenizer.num_train_steps.
   config.per_stage = ConfigDict()

@@ -20,3 +20,7 @@ class DataError(FlamError):
 
 class CheckpointError(FlamError):
   """A checkpoint cannot be restored into the current config."""
+
+
+class TrainingError(FlamError):
+  """Training diverged (a non-finite loss or gradient norm); the fix is in the config."""

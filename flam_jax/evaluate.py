@@ -134,8 +134,12 @@ def run_evaluation(config: ConfigDict, workdir: str) -> Dict[str, Any]:
   return evaluate_workdir(workdir, eval_settings(config), run_config=config)
 
 
+USAGE = ("flam-eval (or python -m flam_jax.evaluate) --workdir=<trained workdir> "
+         "[--steps=S1,S2] [--workdirs=W2,W3] [--split=test]")
+
+
 def main(argv):
-  del argv
+  del argv  # Stray arguments are refused by cli.run.
   f = cli.FLAGS
   settings = {key: getattr(f, key) for key in EVAL_DEFAULTS}
   evaluate_workdir(f.workdir, settings)
@@ -151,7 +155,7 @@ def define_flags() -> None:
 
 def run() -> None:
   """Console entry point `flam-eval`."""
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, USAGE)
 
 
 if __name__ == "__main__":

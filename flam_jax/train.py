@@ -4,21 +4,26 @@
     python train.py --config=configs/multigrid.py:tokenizer --workdir=W --config.batch_size=128
 
 Each stage writes into `<workdir>/<stage>/` (checkpoints/, tb/, images/); re-running
-the same command resumes from the latest checkpoint there. Errors a user can cause
-print one line naming the problem and the fix, and exit with status 2. `--config`
+the same command resumes from the latest checkpoint there. Exit status (flam_jax/cli.py):
+0 done, 2 a user error (one line naming the problem and the fix), 143 preempted after
+saving, 130 Ctrl-C, 1 a bug. Every stage's config and every path are checked before any
+model is built (lib/config_validation.py, flam_jax/filesystem.py). `--config`
 is a config file path; `configs/<name>.py` is found in the installed `configs`
 package when it is not a file under the current directory.
 """
 
 import os
-import sys
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from flam_jax import cli
+from flam_jax import cli, filesystem
 from flam_jax.errors import ConfigError
+from flam_jax.lib import config_validation
 from flam_jax.lib.config_utils import stage_config
+
+USAGE = ("python train.py (or flam-train) --config=configs/<file>.py[:<variant>] "
+         "--workdir=<dir> [--config.<key>=<value> ...]")
 
 STAGES = ("tokenizer", "lam", "eval", "policy")
 
@@ -101,14 +106,39 @@ def format_policy_evaluation(evaluation: dict) -> str:
   return "\n".join(lines)
 
 
+def stage_names(config) -> list:
+  stage = config.get("stage")
+  names = [s.strip() for s in stage.split(",") if s.strip()] if isinstance(stage, str) else []
+  unknown = [s for s in names if s not in STAGES]
+  if not names or unknown:
+    raise ConfigError(f"config.stage={stage!r} names unknown stages {unknown}; use "
+                      f"{' or '.join(STAGES)}, or a comma-separated list such as 'tokenizer,lam'")
+  return names
+
+
+def check_before_building(config, workdir: str, names) -> None:
+  """Every stage's config (config_validation) and every path, before any model is built."""
+  from flam_jax.stages import lam  # pylint: disable=g-import-not-at-top
+  for name in names:
+    view = stage_config(config, name)
+    try:
+      config_validation.validate(view, name)
+      if name == "lam":
+        lam.LatentActionStage.check_config(view)
+    except ConfigError as e:
+      if len(names) == 1:
+        raise
+      raise ConfigError(f"stage {name} (config.per_stage.{name} merged in): {e}") from e
+  filesystem.check_output_dir(workdir, "--workdir")
+  if config.data.dir:
+    filesystem.check_input_dir(config.data.dir, "--config.data.dir")
+
+
 def run(config, workdir: str) -> dict:
   """Runs each stage listed in config.stage (e.g. "tokenizer", "tokenizer,lam", "lam,policy") in order."""
   workdir = os.path.abspath(workdir)
-  names = [s.strip() for s in config.stage.split(",") if s.strip()]
-  unknown = [s for s in names if s not in STAGES]
-  if not names or unknown:
-    raise ConfigError(f"config.stage={config.stage!r} names unknown stages {unknown}; use "
-                      f"{' or '.join(STAGES)}, or a comma-separated list such as 'tokenizer,lam'")
+  names = stage_names(config)
+  check_before_building(config, workdir, names)
   ensure_dataset(config, workdir)
   summary = {}
   for name in names:
@@ -126,13 +156,20 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
+def load_config():
+  """The --config flag's value; a config file that failed to load is one line, not a traceback."""
+  failed_load = cli.config_load_error()
+  if failed_load:
+    raise ConfigError(failed_load)
+  return cli.FLAGS.config
+
+
 def main(argv):
-  del argv
-  summary = run(cli.FLAGS.config, cli.FLAGS.workdir)
-  if summary["preempted"]:
-    sys.exit(143)  # 128 + SIGTERM: tells a scheduler the job did not finish.
+  del argv  # Stray arguments are refused by cli.run.
+  summary = run(load_config(), cli.FLAGS.workdir)
+  return cli.EXIT_PREEMPTED if summary["preempted"] else 0
 
 
 def run_cli() -> None:
   """Console entry point `flam-train` (and `python train.py`)."""
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, USAGE)

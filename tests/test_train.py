@@ -130,3 +130,32 @@ def test_incompatible_checkpoint_and_corrupt_shard(tmp_path, data_dir):
   assert out.returncode == 2, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and shard in last, last
+
+
+@pytest.mark.slow
+def test_lam_stage_kill_9_then_resume_is_bitwise_equal(tmp_path):
+  """One kill point of scripts/soak_resume.py on the lam stage (its tokenizer is trained first)."""
+  out = subprocess.run(
+      [sys.executable, "scripts/soak_resume.py", "--stage=lam", "--points=1", "--steps=12",
+       "--every=4", f"--seed={int(time.time()) % 1000}", f"--out={tmp_path}"],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3000)
+  assert out.returncode == 0 and "1/1 bitwise equal" in out.stdout, out.stdout + out.stderr[-3000:]
+
+
+def test_diverging_run_stops_before_saving_and_keeps_the_good_checkpoint(tmp_path, data_dir):
+  workdir = str(tmp_path / "w")
+  out = _run(_cmd(workdir, data_dir, "--config.num_train_steps=4", "--config.checkpoint_every_steps=4"), timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  good = _final_params(workdir, 4)
+  # Resumes at step 4 with a learning rate that overflows the parameters within a few steps.
+  out = _run(_cmd(workdir, data_dir, "--config.num_train_steps=12", "--config.checkpoint_every_steps=2",
+                  "--config.optim.learning_rate=1e38"), timeout=900)
+  assert out.returncode == 2, out.stderr[-3000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert "has a non-finite" in last and "the latest checkpoint is still step 4" in last, last
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "tokenizer", "checkpoints"))
+                 if d.isdigit())
+  for step in steps:  # Every step on disk is finite; step 4 is untouched.
+    params = _final_params(workdir, step)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params)), step
+  jax.tree.map(np.testing.assert_array_equal, _final_params(workdir, 4), good)

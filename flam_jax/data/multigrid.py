@@ -49,6 +49,7 @@ from absl import flags
 import numpy as np
 import tqdm
 
+from flam_jax import cli, filesystem
 from flam_jax.data import records
 from flam_jax.data.multigrid_render import COLOR_LUT, render_masks
 from flam_jax.errors import ConfigError
@@ -328,21 +329,18 @@ def _define_flags():
 
 
 def _main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  del argv  # Stray arguments are refused by cli.run; errors become one line, exit 2.
   flags_ = flags.FLAGS
-  try:
-    cfg = MultigridConfig(
-        grid_size=flags_.grid_size,
-        resolution=flags_.resolution,
-        num_agents=flags_.num_agents,
-        episode_length=flags_.episode_length,
-        sticky_prob=flags_.sticky_prob,
-        wall_density=flags_.wall_density)
-    meta = write_dataset(flags_.out, cfg, flags_.episodes, seed=flags_.seed,
-                         episodes_per_shard=flags_.episodes_per_shard)
-  except ConfigError as e:
-    sys.exit(f"error: {e}")
+  cfg = MultigridConfig(
+      grid_size=flags_.grid_size,
+      resolution=flags_.resolution,
+      num_agents=flags_.num_agents,
+      episode_length=flags_.episode_length,
+      sticky_prob=flags_.sticky_prob,
+      wall_density=flags_.wall_density)
+  filesystem.check_output_dir(flags_.out, "--out")
+  meta = write_dataset(flags_.out, cfg, flags_.episodes, seed=flags_.seed,
+                       episodes_per_shard=flags_.episodes_per_shard)
   counts = ", ".join(
       f"{s}={meta['splits'][s]['num_episodes']}" for s in records.SPLITS)
   print(f"wrote {meta['num_episodes']} episodes to"
@@ -361,6 +359,5 @@ def _undash(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(_main, argv=_undash(sys.argv))
+  cli.run(_main, _define_flags, "python -m flam_jax.data.multigrid --out=<dir> [--num_agents=4] "
+          "[--episodes=10000] [--resolution=128] [--grid_size=32]", argv=_undash(sys.argv))

@@ -23,7 +23,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from flam_jax import cli
+from flam_jax import cli, filesystem
 from flam_jax.errors import ConfigError
 from flam_jax.generate import actions as actions_lib
 from flam_jax.generate import inputs, pictures
@@ -150,9 +150,14 @@ def generate(workdir: str, *, steps=None, split="test", episode=0, start=0, imag
   return paths
 
 
+USAGE = ("flam-generate (or python -m flam_jax.generate) --workdir=<trained workdir> "
+         "[--actions=\"0,1;2,3\" | --sample | --infer] [--control_grid] [--figure] [--out=<dir>]")
+
+
 def main(argv):
-  del argv
+  del argv  # Stray arguments are refused by cli.run.
   f = cli.FLAGS
+  filesystem.check_output_dir(f.out or os.path.join(f.workdir, "generate"), "--out")
   generate(f.workdir, steps=f.steps, split=f.split, episode=f.episode, start=f.start,
            image=f.image, actions=f.actions, sample=f.sample, infer=f.infer,
            control_grid=f.control_grid, figure=f.figure, max_codes=f.max_codes, out=f.out,
@@ -161,4 +166,4 @@ def main(argv):
 
 def run() -> None:
   """Console entry point `flam-generate`."""
-  cli.run(main, define_flags)
+  cli.run(main, define_flags, USAGE)

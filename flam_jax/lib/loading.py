@@ -32,7 +32,7 @@ def load_frozen_tokenizer(config: ConfigDict, workdir: str):
   if not os.path.isdir(path):
     raise CheckpointError(f"no tokenizer checkpoint at {path}; {fix}")
   ckpt = checkpointing.Checkpointer(path, async_save=False)
-  step = ckpt.latest_step()
+  step = ckpt.latest_good_step()  # Falls back past damaged steps, with a warning.
   if step is None:
     raise CheckpointError(f"no complete tokenizer checkpoint in {path}; {fix}")
   saved = ckpt.restore_config(step)
@@ -54,7 +54,7 @@ def load_trained(workdir: str,
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, "lam", "checkpoints")
   ckpt = checkpointing.Checkpointer(path, async_save=False) if os.path.isdir(path) else None
-  step = ckpt.latest_step() if (ckpt and step is None) else step
+  step = ckpt.latest_good_step() if (ckpt and step is None) else step
   if ckpt is None or step is None:
     raise CheckpointError(f"no latent action model checkpoint in {path}; train one with "
                           f"`python train.py --config=<config> --workdir={workdir}`")

@@ -24,6 +24,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from flam_jax.data import pipeline
+from flam_jax.errors import TrainingError
 from flam_jax.lib import checkpointing, images, optim, sharding
 from flam_jax.lib.train_state import TrainState
 from flam_jax.lib.writer import MetricWriter
@@ -48,11 +49,18 @@ class _PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+# In skip mode, this many non-finite steps in a row stop the run all the same.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 50
+
+
 def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array,
-                    shard: Callable = lambda tree: tree) -> Callable:
+                    shard: Callable = lambda tree: tree, skip_nonfinite: bool = False) -> Callable:
   """(state, batch) -> (state, metrics): loss, gradients, clipped AdamW update.
 
   `shard` places the gradients and the new state (a sharding constraint under jit).
+  metrics["nonfinite"] is 1 when the loss or the gradient norm is NaN/Inf. With
+  `skip_nonfinite` such a step leaves parameters and optimizer state unchanged (the step
+  counter still advances, so the data order and random streams stay those of the run).
   """
 
   def train_step(state: TrainState, batch: Dict[str, jax.Array]):
@@ -61,7 +69,14 @@ def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array
     grads = shard(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      keep = lambda new, old: jnp.where(finite, new, old)
+      params = jax.tree.map(keep, params, state.params)
+      opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   nonfinite=1.0 - finite.astype(jnp.float32))
     return shard(TrainState(step=state.step + 1, params=params, opt_state=opt_state)), metrics
 
   return train_step
@@ -100,7 +115,8 @@ def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
   gradients are constrained to the state's sharding, so gradients are reduce-scattered."""
   train_step = make_train_step(stage, tx, jax.random.PRNGKey(config.seed + 1),
                                shard=lambda tree: jax.lax.with_sharding_constraint(
-                                   tree, sharding.state_sharding(tree, mesh)))
+                                   tree, sharding.state_sharding(tree, mesh)),
+                               skip_nonfinite=bool(config.get("skip_nonfinite_steps", False)))
 
   def sharded_step(state, batch):
     state, metrics = train_step(state, batch)
@@ -111,6 +127,48 @@ def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
 
 def abstract_like(state: Any) -> Any:
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+class NonFiniteGuard:
+  """Watches metrics["nonfinite"] of the steps since the last check (one host sync a check).
+
+  Stop mode raises TrainingError naming the first bad step and metric; skip mode counts
+  the skipped steps and stops only after MAX_CONSECUTIVE_SKIPPED_STEPS in a row.
+  """
+
+  def __init__(self, skip: bool, checkpoints: str):
+    self.skip, self.checkpoints = skip, checkpoints
+    self.skipped, self.in_a_row = 0, 0
+    self.last_saved: Optional[int] = None
+    self._pending = []  # (step, metrics) not checked yet; device arrays.
+
+  def add(self, step: int, metrics) -> None:
+    self._pending.append((step, {k: metrics[k] for k in ("nonfinite", "loss", "grad_norm")}))
+
+  def check(self) -> None:
+    pending, self._pending = jax.device_get(self._pending), []
+    for step, m in pending:
+      if not m["nonfinite"]:
+        self.in_a_row = 0
+        continue
+      self.skipped += 1
+      self.in_a_row += 1
+      if not self.skip or self.in_a_row >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+        self._fail(step, m)
+
+  def _fail(self, step: int, m) -> None:
+    metric = "loss" if not np.isfinite(m["loss"]) else "grad_norm"
+    kept = (f"the latest checkpoint is still step {self.last_saved} in {self.checkpoints}"
+            if self.last_saved is not None else "no checkpoint had been saved")
+    value = m[metric]
+    if self.skip:
+      raise TrainingError(
+          f"{self.in_a_row} steps in a row up to step {step} had a non-finite {metric} "
+          f"({value}); stopped, {kept}; lower --config.optim.learning_rate or check the data")
+    raise TrainingError(
+        f"step {step} has a non-finite {metric} ({value}); stopped before saving it, {kept}; "
+        "lower --config.optim.learning_rate, or set --config.skip_nonfinite_steps=True to skip "
+        "such steps")
 
 
 def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
@@ -140,18 +198,26 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
 
   ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                     max_to_keep=config.keep_checkpoints)
-  start_step = ckpt.latest_step()
-  if start_step is not None:
-    checkpointing.check_compatible(ckpt.restore_config(start_step), config,
-                                   stage.checkpoint_keys, ckpt.directory,
-                                   ignored=getattr(stage, "checkpoint_ignored_keys", ()))
-    state = ckpt.restore(abstract_like(state), data_iter, start_step)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(abstract_like(state), data_iter, check_config=lambda saved: (
+        checkpointing.check_compatible(saved, config, stage.checkpoint_keys, ckpt.directory,
+                                       ignored=getattr(stage, "checkpoint_ignored_keys", ()))))
     if is_chief:
-      print(f"Resumed from {ckpt.directory} at step {start_step}", flush=True)
+      print(f"Resumed from {ckpt.directory} at step {int(jax.device_get(state.step))}",
+            flush=True)
   start_step = int(jax.device_get(state.step))
   logging.info("mesh %s; per device: %.1f MiB parameters, %.1f MiB optimizer state",
                dict(mesh.shape), sharding.bytes_per_device(state.params) / 2**20,
                sharding.bytes_per_device(state.opt_state) / 2**20)
+  try:
+    return _train_loop(stage, config, stage_dir, mesh, tx, state, data_iter, ckpt, start_step)
+  finally:
+    ckpt.wait()  # Finishes (and verifies) the good saves in flight, also when a step failed.
+    ckpt.close()
+
+
+def _train_loop(stage, config, stage_dir, mesh, tx, state, data_iter, ckpt, start_step):
+  is_chief = jax.process_index() == 0
 
   writer = MetricWriter(os.path.join(stage_dir, "tb"), enabled=is_chief)
   train_step = jit_train_step(stage, config, mesh, tx)
@@ -172,6 +238,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   step = start_step
   last_metrics: Dict[str, float] = {}
   preempted = False
+  guard = NonFiniteGuard(bool(config.get("skip_nonfinite_steps", False)), ckpt.directory)
+  guard.last_saved = ckpt.latest_step()
 
   with _PreemptionFlag() as sigterm, tqdm(
       total=config.num_train_steps, initial=start_step, desc=f"train {stage.name}",
@@ -181,6 +249,7 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
       state, metrics = train_step(state, batch)
       pending_metrics.append(metrics)  # Device arrays: no host sync until logging.
       step += 1
+      guard.add(step, metrics)
       bar.update(1)
       if step == start_step + 1:
         # One sync after the first step, so throughput figures exclude compilation.
@@ -188,9 +257,11 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
         last_log_time, last_log_step = time.time(), start_step + 1
 
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        guard.check()
         stacked = jax.device_get(pending_metrics)
         pending_metrics = []
         last_metrics = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+        last_metrics["skipped_steps"] = float(guard.skipped)
         if diagnostics is not None:  # Extra forward passes on the last batch (stage-defined).
           last_metrics.update({f"diagnostics/{k}": float(v) for k, v in jax.device_get(
               diagnostics(state.params, batch, jax.random.PRNGKey(step))).items()})
@@ -216,12 +287,12 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
 
       preempted = sigterm.triggered or ckpt.reached_preemption(step)
       if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
-        ckpt.save(step, state, data_iter, config, force=preempted)
+        guard.check()  # Never save a state that a non-finite step produced.
+        if ckpt.save(step, state, data_iter, config, force=preempted):
+          guard.last_saved = step
       if preempted:
         break
 
-  ckpt.wait()
-  ckpt.close()
   writer.close()
   summary.update(step=step, metrics=last_metrics, preempted=preempted, state=state)
   return summary
