@@ -39,17 +39,18 @@ CLI:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from absl import flags
-from array_record.python import array_record_module
 import numpy as np
 import tqdm
 
+from flam_jax.data.records import (FORMAT_VERSION, GROUND_TRUTH_FIELDS, METADATA_FILE, SPLITS,
+                                   invalidate, split_counts, write_metadata,
+                                   write_split_shards)
 from flam_jax.errors import ConfigError
 
 # Actions.
@@ -98,8 +99,6 @@ AGENT_COLORS = np.array(
 # Entity id -> RGB: [2 + 16, 3].
 COLOR_LUT = np.concatenate([FLOOR_COLOR[None], WALL_COLOR[None], AGENT_COLORS])
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "validation", "test")
 # Order in which the arrays of an episode are concatenated in a record.
 FIELDS = ("frames", "masks", "actions", "positions", "headings")
 FIELD_DTYPES = {
@@ -113,9 +112,6 @@ FIELD_DTYPES = {
 RECORD_DTYPES = {
     f: np.dtype(d).newbyteorder("<") for f, d in FIELD_DTYPES.items()
 }
-METADATA_FILE = "metadata.json"
-# group_size:1 makes each record its own chunk, so random access is one read.
-WRITER_OPTIONS = "group_size:1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,62 +322,6 @@ def episode_rng(seed: int, episode: int) -> np.random.Generator:
   return np.random.default_rng([seed, episode])
 
 
-def split_counts(num_episodes: int) -> dict[str, int]:
-  """Episodes per split, 80/10/10.
-
-  validation and test get floor(10%) each, raised to 1 when num_episodes >= 3;
-  train gets the rest. Fewer than 3 episodes all go to train.
-  """
-  if num_episodes < 3:
-    return {"train": num_episodes, "validation": 0, "test": 0}
-  n_eval = max(1, num_episodes // 10)
-  return {
-      "train": num_episodes - 2 * n_eval,
-      "validation": n_eval,
-      "test": n_eval,
-  }
-
-
-def serialize_episode(episode: dict[str, np.ndarray],
-                      fields: Sequence[str] = FIELDS) -> bytes:
-  """Raw little-endian bytes of `fields`, concatenated in order."""
-  return b"".join(
-      np.ascontiguousarray(
-          episode[f],
-          dtype=RECORD_DTYPES.get(f, np.dtype(episode[f].dtype).newbyteorder("<"))).tobytes()
-      for f in fields)
-
-
-def write_split_shards(out_dir: str, split: str, episodes: Iterable[dict[str, np.ndarray]],
-                       num_episodes: int, episodes_per_shard: int,
-                       fields: Sequence[str] = FIELDS, bar=None) -> dict[str, Any]:
-  """Writes one split's episodes (in order) as ArrayRecord shards; returns its metadata."""
-  num_shards = math.ceil(num_episodes / episodes_per_shard)
-  episodes = iter(episodes)
-  shards, sizes = [], []
-  for i in range(num_shards):
-    name = f"{split}-{i:05d}-of-{num_shards:05d}.array_record"
-    size = min(episodes_per_shard, num_episodes - i * episodes_per_shard)
-    writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), WRITER_OPTIONS)
-    for _ in range(size):
-      writer.write(serialize_episode(next(episodes), fields))
-      if bar is not None:
-        bar.update(1)
-    writer.close()
-    shards.append(name)
-    sizes.append(size)
-  return {"num_episodes": num_episodes, "shards": shards, "shard_num_episodes": sizes}
-
-
-def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
-  """metadata.json, written last and atomically: its presence means the shards are complete."""
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  tmp_path = meta_path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(tmp_path, meta_path)
-
-
 def write_dataset(out_dir: str,
                   cfg: MultigridConfig,
                   num_episodes: int,
@@ -400,10 +340,7 @@ def write_dataset(out_dir: str,
   if episodes_per_shard < 1:
     raise ConfigError(
         f"episodes_per_shard={episodes_per_shard}; use at least 1")
-  os.makedirs(out_dir, exist_ok=True)
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  if os.path.exists(meta_path):
-    os.remove(meta_path)  # Stale metadata must not describe half-new shards.
+  invalidate(out_dir)  # Stale metadata must not describe half-new shards.
 
   counts = split_counts(num_episodes)
   splits_meta = {}
@@ -413,7 +350,7 @@ def write_dataset(out_dir: str,
     n = counts[split]
     episodes = (generate_episode(cfg, episode_rng(seed, e)) for e in range(first, first + n))
     splits_meta[split] = write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
-                                            bar=bar)
+                                            FIELDS, RECORD_DTYPES, bar=bar)
     splits_meta[split]["first_episode"] = first
     first += n
   bar.close()
@@ -436,6 +373,7 @@ def write_dataset(out_dir: str,
       "record_bytes": sum(
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
+      "ground_truth": list(GROUND_TRUTH_FIELDS),
   }
   write_metadata(out_dir, metadata)
   return metadata

@@ -39,6 +39,7 @@ from ml_collections import ConfigDict
 
 from flam_jax.data import multigrid
 from flam_jax.data import pipeline
+from flam_jax.data import records
 from flam_jax.errors import ConfigError, DataError, FlamError
 from flam_jax.lib import metrics, sharding
 from flam_jax.modules import fsq
@@ -542,7 +543,7 @@ def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size
     size = batch["frames"].shape[0]
     index = offset + np.arange(size)
     batch = dict(batch, valid=np.ones((size,), bool), index=index.astype(np.int32),
-                 episode=(index // source.windows_per_episode).astype(np.int32))
+                 episode=source.episode_of(index).astype(np.int32))
     offset += size
     last = {k: batch[k] for k in DATA_FIELDS}
     yield _pad(batch, local_size)
@@ -627,6 +628,12 @@ def evaluate_workdir(workdir: str, settings: Dict[str, Any],
   data_dir = data_dir or config.data.dir
   window_length = config.data.window_length
   meta = pipeline.load_metadata(data_dir)
+  missing = [f for f in DATA_FIELDS[1:] if f not in records.ground_truth(meta)]
+  if missing:  # Guard until the metrics that need them can be skipped one by one.
+    raise DataError(f"{data_dir} has no ground-truth {' and '.join(missing)} (its metadata "
+                    f"lists {records.ground_truth(meta) or 'none'}), which this evaluation "
+                    "needs for ARI-FG, disentanglement and the probe; evaluate on a dataset "
+                    "that has them (Multigrid, or import npz episodes with masks and actions)")
   pipeline.validate(meta, image_size=config.data.image_size, window_length=window_length,
                     num_agents=stage.num_agents)
   mesh_config = run_config if run_config is not None else config

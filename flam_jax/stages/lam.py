@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from flam_jax.data import pipeline
+from flam_jax.data import pipeline, records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import checkpointing, images
@@ -79,10 +79,12 @@ def load_trained(workdir: str, step: Optional[int] = None):
   params = ckpt.restore_params(step)
   ckpt.close()
   tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
-  num_agents = pipeline.load_metadata(config.data.dir)["config"]["num_agents"]
+  meta = pipeline.load_metadata(config.data.dir)
   grid = (config.data.image_size // tokenizer.stride,) * 2
   stage = LatentActionStage(config, tokenizer, tokenizer_params, grid=grid,
-                            num_agents=num_agents, data_dir=os.path.join(workdir, "tokens"))
+                            num_agents=meta["config"].get("num_agents", 0),
+                            data_dir=os.path.join(workdir, "tokens"),
+                            has_actions="actions" in records.ground_truth(meta))
   return stage, params, step
 
 
@@ -96,10 +98,19 @@ class LatentActionStage:
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
-               grid, num_agents: int, data_dir: str = ""):
-    """Builds the world model on a given frozen tokenizer; `build` loads one from disk."""
+               grid, num_agents: int, data_dir: str = "", has_actions: bool = True):
+    """Builds the world model on a given frozen tokenizer; `build` loads one from disk.
+
+    has_actions: the dataset holds ground-truth actions (action-free video does not:
+    then only tokens are read, and the WM baseline, which needs them, is refused).
+    """
     self.config = config
     lam = config.lam
+    if not has_actions:
+      if lam.variant == "wm":
+        raise ConfigError("config.lam.variant='wm' needs ground-truth actions, and this dataset "
+                          "has none (action-free video); train flam, lam or oc_lam on it")
+      self.data_fields = ("tokens",)
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.data_dir = data_dir
     self.grid = tuple(grid)
@@ -156,7 +167,8 @@ class LatentActionStage:
     meta = tokens_lib.cache_tokens(config.data.dir, data_dir, lambda f: encode(params, f),
                                    tag=dict(checkpoint=ckpt_dir, step=int(step)))
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],
-               num_agents=meta["config"]["num_agents"], data_dir=data_dir)
+               num_agents=meta["config"].get("num_agents", 0), data_dir=data_dir,
+               has_actions="actions" in records.ground_truth(meta))
 
   def validate(self, metadata: dict) -> None:
     del metadata  # Token shapes come from the cache this stage built.
@@ -171,14 +183,14 @@ class LatentActionStage:
 
   def init(self, rng, batch):
     features, tokens = self.features(batch)
-    return self.model.init({"params": rng, "action": rng}, features, tokens, batch["actions"],
+    return self.model.init({"params": rng, "action": rng}, features, tokens, batch.get("actions"),
                            prediction_steps=self.config.lam.prediction_steps)["params"]
 
   # ---- Loss (Eq. 5 / regression, + beta KL, + OC reconstruction, + slot matching). ----
   def loss(self, params, batch, rng):
     lam = self.config.lam
     features, tokens = self.features(batch)
-    out = self.model.apply({"params": params}, features, tokens, batch["actions"],
+    out = self.model.apply({"params": params}, features, tokens, batch.get("actions"),
                            prediction_steps=lam.prediction_steps, deterministic=False,
                            rngs={"action": rng})
     b, p = tokens.shape[0], lam.prediction_steps
@@ -226,7 +238,7 @@ class LatentActionStage:
     p = lam.prediction_steps
     variables = {"params": params}
     entities, masks = self.model.apply(variables, features, method=LatentActionWorldModel.entities)
-    acts = self.model.apply(variables, entities, batch["actions"],
+    acts = self.model.apply(variables, entities, batch.get("actions"),
                             method=LatentActionWorldModel.infer_actions)
     predicted = self.model.apply(variables, entities[:, 0], acts["actions"][:, :p],
                                  method=LatentActionWorldModel.rollout)  # [B, P, K, D]
