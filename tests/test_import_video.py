@@ -210,3 +210,32 @@ def test_metadata_is_plain_json(tmp_path):
     meta = json.load(f)
   assert meta["fields"] == [dict(name="frames", dtype="uint8", shape=[4, 16, 20, 3][:1] + [16, 16, 3])]
   assert meta["command"].startswith("python -m flam_jax.data.import_video")
+
+
+def test_training_on_imported_action_free_video(tmp_path):
+  """tokenizer (MAGVIT-v2 kind) then FLAM, end to end on imported mp4 of uneven lengths."""
+  import train  # pylint: disable=g-import-not-at-top
+  from configs import video  # pylint: disable=g-import-not-at-top
+  src, data = tmp_path / "videos", str(tmp_path / "data")
+  src.mkdir()
+  for i, t in enumerate([9, 7, 8, 6]):
+    vf.write_video(str(src / f"clip{i}.mp4"), vf.moving_square_video(t, 24, 32, seed=i))
+  iv.import_dataset(str(src), "mp4", data, image_size=16, min_frames=4, progress=False)
+  config = video.get_config("flam")
+  config.stage = "tokenizer,lam"
+  config.data.dir = data
+  config.data.image_size, config.data.window_length = 16, 4
+  config.data.num_workers, config.progress_bar = 0, False
+  config.batch_size, config.num_train_steps = 2, 2
+  config.log_every_steps, config.image_every_steps, config.checkpoint_every_steps = 1, 100, 100
+  config.tokenizer.update(dict(encoder_channels=(8, 8), z_channels=8, codebook_dim=8,
+                               levels=(4, 4, 2)))
+  config.lam.update(dict(d_model=16, num_heads=2, num_blocks=1, aggregator_blocks=1, num_slots=2,
+                         slot_iterations=1, prediction_steps=2, subtoken_sizes=(4, 8), remat=False))
+  config.optim.warmup_steps = 1
+  summary = train.run(config, str(tmp_path / "work"))
+  assert summary["step"] == 2 and np.isfinite(summary["metrics"]["loss"])
+  token_meta = pipeline.load_metadata(str(tmp_path / "work" / "tokens"))
+  assert token_meta["ground_truth"] == [] and [fd["name"] for fd in token_meta["fields"]] == [
+      "tokens"]
+  assert token_meta["splits"]["train"]["episode_lengths"] == [9, 7]

@@ -7,7 +7,7 @@ from ml_collections import ConfigDict
 
 from flam_jax.errors import ConfigError
 from flam_jax.lib import images, metrics
-from flam_jax.modules.tokenizer import Tokenizer, reconstruction_loss
+from flam_jax.modules.tokenizer import KINDS, Tokenizer, reconstruction_loss
 
 NUM_PICTURE_FRAMES = 8
 
@@ -23,6 +23,10 @@ def compute_dtype(config: ConfigDict):
 def make_tokenizer(config: ConfigDict) -> Tokenizer:
   """The tokenizer declared by `config.tokenizer`, checked against `config.data.image_size`."""
   tok = config.tokenizer
+  kind = tok.get("kind", "impala")  # Configs saved before the key existed: IMPALA.
+  if kind not in KINDS:
+    raise ConfigError(f"config.tokenizer.kind={kind!r} is not one of {KINDS}; set "
+                      "--config.tokenizer.kind accordingly")
   stride = 2 ** len(tok.encoder_channels)
   if config.data.image_size % stride:
     raise ConfigError(
@@ -30,7 +34,7 @@ def make_tokenizer(config: ConfigDict) -> Tokenizer:
         f"stride {stride} (2^len(tokenizer.encoder_channels)); use a multiple of {stride}")
   return Tokenizer(encoder_channels=tuple(tok.encoder_channels), z_channels=tok.z_channels,
                    codebook_dim=tok.codebook_dim, levels=tuple(tok.levels),
-                   dtype=compute_dtype(config))
+                   dtype=compute_dtype(config), kind=kind)
 
 
 def frames_to_float(frames_uint8):
