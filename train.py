@@ -24,9 +24,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def ensure_named_dataset(config, workdir: str) -> None:
+  """config.data.name (a TFDS dataset): prepared if it is generated Multigrid, then imported
+  once into config.data.dir (default <workdir>/data); later runs reuse the import."""
+  from flam_jax.data import import_video, tfds_builders, video_readers  # pylint: disable=g-import-not-at-top
+  name = config.data.name
+  tfds_dir = os.path.expanduser(config.data.get("tfds_data_dir") or "~/tensorflow_datasets")
+  if name.startswith("flam_multigrid/"):
+    tfds_builders.prepare(name, tfds_dir)
+  builder = video_readers.tfds_builder(tfds_dir, video_readers.ReadOptions(tfds_name=name))
+  config.data.dir = config.data.dir or os.path.join(workdir, "data")
+  print(f"Dataset {name}: importing {builder.data_path} into {config.data.dir} (once)", flush=True)
+  import_video.import_dataset(str(builder.data_path), "tfds", config.data.dir,
+                              image_size=config.data.image_size, progress=False)
+
+
 def ensure_dataset(config, workdir: str) -> None:
   """Points config.data.dir at <workdir>/data when unset, generating Multigrid there if missing."""
   from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+  if config.data.get("name"):
+    ensure_named_dataset(config, workdir)
+    return
   if not config.data.dir:
     config.data.dir = os.path.join(workdir, "data")
     gen = config.data.generate

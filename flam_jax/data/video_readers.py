@@ -317,7 +317,7 @@ def episode_from_example(example: dict[str, Any], frames_key: str,
   return out
 
 
-def _builder(src: str, opts: ReadOptions):
+def tfds_builder(src: str, opts: ReadOptions):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     if opts.tfds_name:
@@ -343,7 +343,7 @@ def _our_split(split: str) -> str | None:
 def list_tfds(src: str, opts: ReadOptions) -> list[EpisodeRef]:
   if not os.path.exists(src):
     raise DataError(f"{src} does not exist; pass --src a TFDS data_dir or builder directory")
-  builder = _builder(src, opts)
+  builder = tfds_builder(src, opts)
   if not builder.is_prepared():
     raise DataError(f"TFDS dataset {builder.name} is not prepared in {src}; prepare it (with"
                     " file_format='array_record') or check --src")
@@ -404,7 +404,7 @@ def list_rlds(src: str, opts: ReadOptions) -> list[EpisodeRef]:
   """One ref per TFRecord record (episode), found by reading each file's headers in order."""
   if not os.path.exists(src):
     raise DataError(f"{src} does not exist; pass --src an RLDS builder directory")
-  builder = _builder(src, opts)
+  builder = tfds_builder(src, opts)
   refs = []
   for split, info in builder.info.splits.items():
     for fname in info.filenames:
