@@ -117,7 +117,7 @@ def _tfds_builder_class(rlds: bool, size):
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {"train": self._generate_examples("train"), "test": self._generate_examples("test")}
+      return {split: self._generate_examples(split) for split in self._episodes}
 
     def _generate_examples(self, split):
       for i, ep in enumerate(self._episodes[split]):

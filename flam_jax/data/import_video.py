@@ -190,7 +190,7 @@ def import_dataset(src: str, fmt: str, out: str, *, progress: bool = True,
                                  min_length=args["min_frames"])
   bar = tqdm.tqdm(total=len(refs), desc=f"importing {fmt}", unit="episode", disable=not progress)
   start, frames_in, frames_out, skipped = time.perf_counter(), 0, 0, []
-  last_name = None
+  last_name, num_actions = None, 0
   try:
     for split, name, ep, source_frames in labelled():
       if name != last_name:
@@ -200,14 +200,18 @@ def import_dataset(src: str, fmt: str, out: str, *, progress: bool = True,
         skipped.append(name)
         continue
       writer.write(split, ep, source=name)
+      if "actions" in ep and ep["actions"].dtype.kind == "i" and ep["actions"].size:
+        num_actions = max(num_actions, int(ep["actions"].max()) + 1)
       frames_in += source_frames
       frames_out += len(ep["frames"])
       bar.set_postfix(frames_per_s=f"{frames_in / (time.perf_counter() - start):.0f}")
     bar.update(1 if last_name is not None else 0)
     seconds = time.perf_counter() - start
+    config = dict(format=fmt, image_size=args["image_size"], frame_skip=args["frame_skip"])
+    if num_actions:  # Discrete actions: 0..num_actions-1 seen (WM's one-hot width).
+      config["num_actions"] = num_actions
     meta = writer.finish(
-        generator=GENERATOR, config=dict(format=fmt, image_size=args["image_size"],
-                                         frame_skip=args["frame_skip"]),
+        generator=GENERATOR, config=config,
         source=signature, command=command_line(src, fmt, out, args),
         **{"import": dict(frames_read=int(frames_in), frames_written=int(frames_out),
                           seconds=round(seconds, 3), skipped_short=skipped[:20],

@@ -84,7 +84,8 @@ def load_trained(workdir: str, step: Optional[int] = None):
   stage = LatentActionStage(config, tokenizer, tokenizer_params, grid=grid,
                             num_agents=meta["config"].get("num_agents", 0),
                             data_dir=os.path.join(workdir, "tokens"),
-                            has_actions="actions" in records.ground_truth(meta))
+                            has_actions="actions" in records.ground_truth(meta),
+                            num_actions=meta["config"].get("num_actions", 4))
   return stage, params, step
 
 
@@ -98,11 +99,13 @@ class LatentActionStage:
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
-               grid, num_agents: int, data_dir: str = "", has_actions: bool = True):
+               grid, num_agents: int, data_dir: str = "", has_actions: bool = True,
+               num_actions: int = 4):
     """Builds the world model on a given frozen tokenizer; `build` loads one from disk.
 
     has_actions: the dataset holds ground-truth actions (action-free video does not:
     then only tokens are read, and the WM baseline, which needs them, is refused).
+    num_actions: discrete actions per agent, for WM's one-hot (Multigrid 4, Procgen 15).
     """
     self.config = config
     lam = config.lam
@@ -129,6 +132,7 @@ class LatentActionStage:
         action_kind=lam.action_kind, action_levels=tuple(lam.action_levels),
         action_latent_dim=lam.action_latent_dim,
         scene_action_levels=tuple(lam.scene_action_levels), num_agents=self.num_agents,
+        num_agent_actions=int(num_actions),
         aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
         aggregator_blocks=lam.aggregator_blocks, feature_dim=self.codebook.shape[-1],
         dtype=compute_dtype(config),
@@ -168,7 +172,8 @@ class LatentActionStage:
                                    tag=dict(checkpoint=ckpt_dir, step=int(step)))
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],
                num_agents=meta["config"].get("num_agents", 0), data_dir=data_dir,
-               has_actions="actions" in records.ground_truth(meta))
+               has_actions="actions" in records.ground_truth(meta),
+               num_actions=meta["config"].get("num_actions", 4))
 
   def validate(self, metadata: dict) -> None:
     del metadata  # Token shapes come from the cache this stage built.
