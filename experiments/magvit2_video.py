@@ -101,7 +101,7 @@ def test_psnr(workdir: str, data_dir: str, batch: int = 64) -> dict:
     padded[:len(chunk)] = chunk
     psnrs.append(np.asarray(recon(params, padded))[:len(chunk)])
   return dict(step=int(step), test_frames=len(frames), psnr=float(np.mean(np.concatenate(psnrs))),
-              tokens=list(np.array(frames.shape[1:3]) // model.stride), codes=model.codebook_size,
+              tokens=[int(n) // model.stride for n in frames.shape[1:3]], codes=model.codebook_size,
               kind=config.tokenizer.kind)
 
 

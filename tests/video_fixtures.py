@@ -147,13 +147,24 @@ def write_tfds(data_dir: str, episodes, rlds: bool = False, size=(16, 16)) -> st
   return str(builder.data_path)
 
 
-def _masked_crc(data: bytes) -> int:
-  """TFRecord's masked CRC32-C (pure Python; test data is tiny)."""
-  crc = 0xFFFFFFFF
-  for byte in data:
-    crc ^= byte
+def _crc_table():
+  table = []
+  for i in range(256):
+    crc = i
     for _ in range(8):
       crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    table.append(crc)
+  return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _masked_crc(data: bytes) -> int:
+  """TFRecord's masked CRC32-C (table-driven pure Python)."""
+  crc, table = 0xFFFFFFFF, _CRC_TABLE
+  for byte in data:
+    crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
   crc ^= 0xFFFFFFFF
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
