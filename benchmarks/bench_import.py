@@ -84,7 +84,10 @@ def main():
   videos = [vf.moving_square_video(args.frames, args.source_size, args.source_size, seed=i)
             for i in range(args.episodes)]
   root = tempfile.mkdtemp(prefix="bench_import_")
-  rows, npz_out = [], None
+  npz_out = None
+  print(f"\nimport: {args.episodes} episodes x {args.frames} frames,"
+        f" {args.source_size}px -> {args.image_size}px\n")
+  print("| format | source frames | seconds | frames/s |\n|---|---|---|---|", flush=True)
   try:
     for fmt in args.formats.split(","):
       src, kind = write_source(fmt, root, videos)
@@ -95,13 +98,9 @@ def main():
                                          progress=False, **kwargs)
       seconds = time.perf_counter() - start
       frames = meta["import"]["frames_read"]
-      rows.append(f"| {fmt} | {frames} | {seconds:.2f} | {frames / seconds:.0f} |")
+      print(f"| {fmt} | {frames} | {seconds:.2f} | {frames / seconds:.0f} |", flush=True)
       if fmt == "npz":
         npz_out = out
-    print(f"\nimport: {args.episodes} episodes x {args.frames} frames,"
-          f" {args.source_size}px -> {args.image_size}px\n")
-    print("| format | source frames | seconds | frames/s |\n|---|---|---|---|")
-    print("\n".join(rows))
     if npz_out:
       print("\n| pipeline (imported npz) | window | batch | frames/s |\n|---|---|---|---|")
       for window, batch in ((1, 16), (10, 8)):

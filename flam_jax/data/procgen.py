@@ -7,8 +7,9 @@ procgen2 0.10.7 (the `procgen` package has no wheels for Python 3.11+) needs num
 and gym<1, so it cannot live in the project's environment: on first use this command
 creates a virtual environment (default ~/.cache/flam_jax/procgen-venv, Python 3.11,
 `procgen2==0.10.7 numpy<2 gym<1`) and runs `procgen_worker.py` there. The worker plays
-each episode on its own level (start_level + e) with a sticky random policy, background
-rendering disabled as in the paper, and saves frames and the action per step as npz;
+episodes on levels drawn from [start_level, start_level + episodes) with a sticky random
+policy, background rendering disabled as in the paper, and saves frames and the action
+per step as npz (the first max_frames frames of each episode);
 this process then writes them in the record format through `import_video` (the npz
 reader), 80/10/10 by episode. 64 px frames are Procgen's observations; larger sizes are
 resized from its 512 px render. A second run with the same arguments reuses the dataset.
@@ -130,7 +131,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("image_size", 64, "Frame side (64: observations; larger: the render).")
   flags.DEFINE_integer("max_frames", 64, "Frames per episode at most.")
   flags.DEFINE_integer("min_frames", 10, "Episodes that end sooner are dropped.")
-  flags.DEFINE_integer("start_level", 0, "Episode e plays level start_level + e.")
+  flags.DEFINE_integer("start_level", 0, "Levels are drawn from [start_level, +episodes).")
   flags.DEFINE_float("sticky", 0.5, "Probability the random policy repeats its action.")
   flags.DEFINE_integer("seed", 0, "Policy seed.")
   flags.DEFINE_string("venv", DEFAULT_VENV, "The Procgen environment (created if missing).")

@@ -4,8 +4,10 @@ Not imported by the library: `flam_jax.data.procgen` runs this file with the int
 of the environment it created, because procgen2 cannot share the project's numpy. It
 imports only numpy and procgen, and writes one `episode_<e>.npz` per episode:
 frames uint8 [T, S, S, 3] (S = 64, or the 512 px render with --hires) and actions
-int32 [T-1] (the action taken after frame t). Episode e plays level `start_level + e`
-with a random policy that repeats its previous action with probability `sticky`.
+int32 [T-1] (the action taken after frame t). One environment plays all episodes on levels
+drawn from [start_level, start_level + episodes) with a random policy that repeats its
+previous action with probability `sticky`; an episode longer than max_frames is played to
+its end unrecorded, so every recorded episode starts at a level's beginning.
 """
 
 import argparse
@@ -28,26 +30,35 @@ def main():
   args = parser.parse_args()
   from procgen import ProcgenGym3Env  # pylint: disable=g-import-not-at-top
   os.makedirs(args.out, exist_ok=True)
+  # One environment for all episodes (creating one costs seconds): it resets itself at the
+  # end of each episode onto a level drawn from [start_level, start_level + episodes).
+  env = ProcgenGym3Env(num=1, env_name=args.game, start_level=args.start_level,
+                       num_levels=args.first_episode + args.episodes, use_backgrounds=False,
+                       distribution_mode="easy", rand_seed=args.seed,
+                       render_mode="rgb_array" if args.hires else None)
+  num_actions = env.ac_space.eltype.n
+  rng = np.random.default_rng(args.seed)
+
+  def frame():
+    return env.get_info()[0]["rgb"] if args.hires else env.observe()[1]["rgb"][0]
+
+  def step(action):
+    env.act(np.array([action]))
+    return bool(env.observe()[2][0])  # True: the episode ended and a new one began.
+
   for e in range(args.first_episode, args.first_episode + args.episodes):
-    rng = np.random.default_rng([args.seed, e])
-    env = ProcgenGym3Env(num=1, env_name=args.game, start_level=args.start_level + e,
-                         num_levels=1, use_backgrounds=False, distribution_mode="easy",
-                         render_mode="rgb_array" if args.hires else None, rand_seed=args.seed + e)
-    num_actions = env.ac_space.eltype.n
-
-    def frame():
-      return env.get_info()[0]["rgb"] if args.hires else env.observe()[1]["rgb"][0]
-
     frames, actions, action = [frame()], [], int(rng.integers(num_actions))
+    ended = False
     while len(frames) < args.max_frames:
       if rng.random() >= args.sticky:
         action = int(rng.integers(num_actions))
-      env.act(np.array([action]))
-      if env.observe()[2][0]:  # A new episode began: the previous one ended.
+      if step(action):
+        ended = True
         break
       frames.append(frame())
       actions.append(action)
-    env.close() if hasattr(env, "close") else None
+    while not ended:  # Play the rest of a long episode unrecorded: each episode starts fresh.
+      ended = step(int(rng.integers(num_actions)))
     tmp = os.path.join(args.out, f"episode_{e:06d}.tmp.npz")
     np.savez(tmp, frames=np.stack(frames).astype(np.uint8),
              actions=np.asarray(actions, np.int32), num_actions=np.int32(num_actions))
