@@ -34,7 +34,8 @@ def ensure_named_dataset(config, workdir: str) -> None:
     tfds_builders.prepare(name, tfds_dir)
   builder = video_readers.tfds_builder(tfds_dir, video_readers.ReadOptions(tfds_name=name))
   config.data.dir = config.data.dir or os.path.join(workdir, "data")
-  print(f"Dataset {name}: importing {builder.data_path} into {config.data.dir} (once)", flush=True)
+  print(f"Dataset {name}: {builder.data_path} -> {config.data.dir} (imported on first use)",
+        flush=True)
   import_video.import_dataset(str(builder.data_path), "tfds", config.data.dir,
                               image_size=config.data.image_size, progress=False)
 

@@ -116,8 +116,10 @@ def main(argv):
     import_video.import_dataset(src, "mp4", data_dir, image_size=_IMAGE_SIZE.value)
     train.run(tokenizer_config(data_dir, _IMAGE_SIZE.value, _STEPS.value), workdir)
   result = test_psnr(workdir, data_dir)
-  with open(os.path.join(workdir, "psnr.json"), "w") as f:
+  path = os.path.join(workdir, "psnr.json")
+  with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=2)
+  os.replace(path + ".tmp", path)
   print(json.dumps(result))
 
 
