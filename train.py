@@ -27,7 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def ensure_named_dataset(config, workdir: str) -> None:
   """config.data.name (a TFDS dataset): prepared if it is generated Multigrid, then imported
   once into config.data.dir (default <workdir>/data); later runs reuse the import."""
-  from flam_jax.data import import_video, tfds_builders, video_readers  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from flam_jax.data import import_video, tfds_builders, video_readers
   name = config.data.name
   tfds_dir = os.path.expanduser(config.data.get("tfds_data_dir") or "~/tensorflow_datasets")
   if name.startswith("flam_multigrid/"):

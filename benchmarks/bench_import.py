@@ -45,8 +45,9 @@ def write_source(fmt: str, root: str, videos) -> tuple[str, str]:
   if fmt in ("png", "jpeg"):
     for i, v in enumerate(videos):
       os.makedirs(os.path.join(src, f"ep{i}"))
+      ext = "png" if fmt == "png" else "jpg"
       for j, frame in enumerate(v):
-        Image.fromarray(frame).save(os.path.join(src, f"ep{i}", f"{j}.{'png' if fmt == 'png' else 'jpg'}"))
+        Image.fromarray(frame).save(os.path.join(src, f"ep{i}", f"{j}.{ext}"))
     return src, "frames"
   if fmt == "hdf5":  # One long stream (nuPlan-like), cut back into episodes.
     path = os.path.join(src, "cam.hdf5")

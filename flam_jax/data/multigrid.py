@@ -48,6 +48,7 @@ from absl import flags
 import numpy as np
 import tqdm
 
+# METADATA_FILE and split_counts are also re-exported for callers of this module.
 from flam_jax.data.records import (FORMAT_VERSION, GROUND_TRUTH_FIELDS, METADATA_FILE, SPLITS,
                                    invalidate, split_counts, write_metadata,
                                    write_split_shards)

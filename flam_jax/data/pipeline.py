@@ -139,9 +139,9 @@ def validate(metadata: dict[str, Any],
   _check_window_length(metadata, window_length)
   if num_agents is not None and num_agents != cfg.get("num_agents", 0):
     raise DataError(
-        f"dataset has {cfg['num_agents']} agents but the config asks for"
+        f"dataset has {cfg.get('num_agents', 0)} agents but the config asks for"
         f" num_agents={num_agents}; regenerate with --num_agents {num_agents}"
-        f" or set num_agents={cfg['num_agents']}")
+        f" or set num_agents={cfg.get('num_agents', 0)}")
 
 
 def _short_reason(e: Exception) -> str:

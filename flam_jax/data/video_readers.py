@@ -183,9 +183,13 @@ def _image_datasets(group) -> list[tuple[str, Any]]:
   """(name, dataset) of the image-like datasets under an h5py group, preferred keys first."""
   import h5py  # pylint: disable=g-import-not-at-top
   found = []
-  group.visititems(lambda name, obj: found.append((name, obj)) if isinstance(
-      obj, h5py.Dataset) and obj.ndim == 4 and (obj.shape[-1] in (1, 3, 4) or obj.shape[1] in (1, 3))
-      else None)
+
+  def visit(name, obj):
+    if isinstance(obj, h5py.Dataset) and obj.ndim == 4 and (
+        obj.shape[-1] in (1, 3, 4) or obj.shape[1] in (1, 3)):
+      found.append((name, obj))
+
+  group.visititems(visit)
   rank = lambda item: next((i for i, k in enumerate(FRAME_KEYS)
                             if k in item[0].lower().split("/")[-1]), len(FRAME_KEYS))
   return sorted(found, key=rank)
