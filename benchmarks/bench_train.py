@@ -38,7 +38,8 @@ from flam_jax.lib import optim, sharding, trainer
 from flam_jax.lib.config_utils import stage_config
 from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.stages.lam import LatentActionStage
-from flam_jax.stages.tokenizer import TokenizerStage, make_tokenizer
+from flam_jax.lib.models import make_tokenizer
+from flam_jax.stages.tokenizer import TokenizerStage
 
 _CONFIGS = flags.DEFINE_list("configs", ["quickstart", "multigrid"], "Configs to benchmark.")
 _STAGES = flags.DEFINE_list(

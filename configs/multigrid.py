@@ -3,7 +3,7 @@
     python train.py --config=configs/multigrid.py:tokenizer --workdir=W     # stage 1, Sec 4.1
     python train.py --config=configs/multigrid.py:flam --workdir=W          # stage 2, Sec 4.2
     python train.py --config=configs/multigrid.py:lam|oc_lam|wm --workdir=W # baselines, Sec 5.2
-    python train.py --config=configs/multigrid.py:flam_gaussian --workdir=W # later version
+    python train.py --config=configs/multigrid.py:flam_v2 --workdir=W       # later version
 
 The latent action variants read the tokenizer of the same workdir (or
 `lam.tokenizer_checkpoint`) and cache its tokens in <workdir>/tokens once.
@@ -11,7 +11,7 @@ The latent action variants read the tokenizer of the same workdir (or
 
 from ml_collections import ConfigDict
 
-VARIANTS = ("tokenizer", "flam", "lam", "oc_lam", "wm", "flam_gaussian", "flam_regression")
+VARIANTS = ("tokenizer", "flam", "lam", "oc_lam", "wm", "flam_v2", "flam_regression")
 
 
 def get_config(arg: str = "tokenizer") -> ConfigDict:
@@ -57,26 +57,51 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.tokenizer.z_channels = 128
   config.tokenizer.codebook_dim = 128
   config.tokenizer.levels = (4, 4, 4, 4, 4)  # FSQ: 1024 implicit codes.
+  # Encode each patch on its own: unchanged content keeps its token (token stability).
+  config.tokenizer.patch_local = True
 
-  variant = {"flam_gaussian": "flam", "flam_regression": "flam"}.get(arg, arg)
+  # flam_v2 is the later version (shared/seeds/flam-summary.txt): continuous per-slot
+  # latent actions of size d/K with a beta-weighted KL, a residual regression aggregator
+  # z_hat_{t+1} = z_t + Aggregator(s_hat_{t+1}), causal temporal attention over slots.
+  variant = {"flam_v2": "flam", "flam_regression": "flam"}.get(arg, arg)
   config.lam = ConfigDict()
   config.lam.variant = variant if arg != "tokenizer" else "flam"  # flam | lam | oc_lam | wm
   config.lam.tokenizer_checkpoint = ""  # Empty: <workdir>/tokenizer/checkpoints.
   config.lam.d_model = 256
   config.lam.num_heads = 8
   config.lam.num_blocks = 2
-  config.lam.num_slots = 4  # K: one factor per agent.
+  # K: one factor per agent and one for the background and walls (with K = agents,
+  # slot attention's softmax over slots makes the static scene share a slot with an agent).
+  config.lam.num_slots = 5
   config.lam.slot_iterations = 3
   config.lam.recursive_init = True  # Sec 5.5: initialise frame t's slots from frame t-1's.
-  config.lam.temporal_attention = False  # Later version: causal attention over time in slots.
+  config.lam.temporal_attention = arg == "flam_v2"  # Causal attention over time in slots.
   config.lam.slot_matching = "none"  # none | distribution | hungarian | contrastive (App. E).
   config.lam.slot_matching_weight = 1.0
-  config.lam.action_kind = "gaussian" if arg == "flam_gaussian" else "fsq"
+  # flam, oc_lam: weight of the spatial-broadcast feature reconstruction of each frame
+  # from its own slots (DINOSAUR-style alpha masks; binds slots to objects). 0: off.
+  config.lam.slot_reconstruction_weight = 1.0
+  config.lam.action_kind = "gaussian" if arg == "flam_v2" else "fsq"
   config.lam.action_levels = (2, 2)  # 4 codes per slot (Table 4, Multigrid).
   config.lam.action_latent_dim = 0  # Gaussian: 0 means d_model / K per slot.
   config.lam.kl_weight = 1e-3  # beta of the later version's KL term.
+  # FSQ latent actions: LFQ-style entropy penalty (per-sample minus batch code entropy)
+  # that keeps the bottleneck from collapsing onto one code early in training.
+  config.lam.action_entropy_weight = 0.1
   config.lam.scene_action_levels = (4, 4, 4, 4)  # LAM/OC+LAM: 256 = 4 actions ^ 4 agents.
-  config.lam.aggregator_mode = "regression" if arg == "flam_regression" else "classification"
+  config.lam.aggregator_mode = ("regression" if arg in ("flam_regression", "flam_v2")
+                                else "classification")
+  # Predict the change from the rollout's start frame (the later version's residual;
+  # for classification, each patch also sees its start-frame token). False: the paper's
+  # first version, where every next-frame token is rebuilt from the K slots alone.
+  config.lam.aggregator_residual = True
+  # Classification: probability of hiding each previous-token input in teacher forcing,
+  # against exposure bias (teacher-forced accuracy above copy, greedy decoding below).
+  # 0.3 did not help on the quickstart (one seed: greedy token accuracy 0.974 either way).
+  config.lam.aggregator_context_dropout = 0.0
+  # FDM: add each entity's embedded action to its stream before every block, besides
+  # the temporal cross-attention to it, so that the prediction cannot ignore the action.
+  config.lam.fdm_additive_actions = True
   config.lam.subtoken_sizes = (32, 32)  # Hierarchical sub-tokens for 1024 codes (Table 4).
   config.lam.aggregator_blocks = 2
   config.lam.prediction_steps = 5  # Multi-step training (Table 4).

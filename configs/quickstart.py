@@ -39,7 +39,7 @@ def get_config(arg: str = "flam"):
   config.lam.num_heads = 4
   config.lam.num_blocks = 1
   config.lam.aggregator_blocks = 1
-  config.lam.num_slots = 2
+  config.lam.num_slots = 3  # One per agent and one for the background (K = agents + 1).
   config.lam.slot_iterations = 2
   config.lam.prediction_steps = 2
   config.lam.remat = False  # Small enough to keep activations; faster on a CPU.

@@ -18,7 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 
-from experiments import common
+from experiments import common, runner
+from experiments import plots as plots_lib
+from experiments import report as report_lib
 
 # label -> (configs/multigrid.py variant, title). "flam" is shared with Table 1 and Sec 5.5.
 CONFIGS = dict(flam=("flam", "classification (indices)"),
@@ -30,13 +32,13 @@ common.define_flags("results/aggregation")
 
 
 def make_runs(num_agents: int, seeds):
-  return [common.Run(label=label, variant=variant, num_agents=num_agents, seed=s)
+  return [runner.Run(label=label, variant=variant, num_agents=num_agents, seed=s)
           for s in seeds for label, (variant, _) in CONFIGS.items()]
 
 
-def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
+def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   n = experiment.setting.table1_agents
-  stats = {label: common.aggregate(metrics[f"{label}_{n}a"], KEYS) for label in CONFIGS}
+  stats = {label: report_lib.aggregate(metrics[f"{label}_{n}a"], KEYS) for label in CONFIGS}
   p = metrics[f"flam_{n}a"][0]["prediction_steps"]
   columns = [("psnr_t@1", "PSNR t=1"), ("psnr_t@P", f"PSNR t={p}"), ("psnr_mean", "PSNR mean"),
              ("ssim_t@1", "SSIM t=1"), ("ssim_t@P", f"SSIM t={p}"),
@@ -45,21 +47,21 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
   titles = {label: title for label, (_, title) in CONFIGS.items()}
   c, r = stats["flam"], stats["flam_regression"]
   claims = [
-      common.compare("classification PSNR t=1 > regression", c["psnr_t@1"], r["psnr_t@1"]),
-      common.compare(f"classification PSNR t={p} > regression", c["psnr_t@P"], r["psnr_t@P"]),
-      common.compare("classification SSIM t=1 > regression", c["ssim_t@1"], r["ssim_t@1"], 3),
+      report_lib.compare("classification PSNR t=1 > regression", c["psnr_t@1"], r["psnr_t@1"]),
+      report_lib.compare(f"classification PSNR t={p} > regression", c["psnr_t@P"], r["psnr_t@P"]),
+      report_lib.compare("classification SSIM t=1 > regression", c["ssim_t@1"], r["ssim_t@1"], 3),
   ]
-  lines = common.header_lines(f"Sec 5.4: aggregation type (FLAM, {n} agents)", experiment,
+  lines = report_lib.header_lines(f"Sec 5.4: aggregation type (FLAM, {n} agents)", experiment,
                               seeds)
   lines += [
       "The paper reports no numbers for this comparison (Appendix D, Fig. 7 is qualitative); "
       f"mean ± sample std over seeds. Tokenizer PSNR (ceiling): "
-      f"{common.fmt(c['tokenizer_psnr'])} dB.", "",
-      common.config_table(stats, titles, columns), "",
+      f"{report_lib.fmt(c['tokenizer_psnr'])} dB.", "",
+      report_lib.config_table(stats, titles, columns), "",
       "## Claims", "",
-      common.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
+      report_lib.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
   ]
-  plot = common.bar_plot(
+  plot = plots_lib.bar_plot(
       os.path.join(experiment.out_dir, "aggregation.png"), "Sec 5.4: aggregation type", "dB",
       ["PSNR t=1", f"PSNR t={p}"],
       [(titles[label], [stats[label][k]["mean"] for k in ("psnr_t@1", "psnr_t@P")],

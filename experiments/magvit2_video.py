@@ -83,7 +83,7 @@ def test_psnr(workdir: str, data_dir: str, batch: int = 64) -> dict:
   from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
   from flam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from flam_jax.lib import checkpointing, metrics  # pylint: disable=g-import-not-at-top
-  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "tokenizer", "checkpoints"),
                                     async_save=False)
   step = ckpt.latest_step()
@@ -107,7 +107,7 @@ def test_psnr(workdir: str, data_dir: str, batch: int = 64) -> dict:
 
 def main(argv):
   del argv
-  import train  # pylint: disable=g-import-not-at-top
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
   from flam_jax.data import import_video  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(_OUT.value)
   data_dir = os.path.join(workdir, "data")

@@ -11,7 +11,7 @@ Five FLAM configs on the Table 1 Multigrid (K = number of agents):
 The paper gives no numbers (Fig. 8 is qualitative): it finds no significant gain from the
 matching losses and better slots and predictions with recursive init. Besides PSNR we
 report how well the slots track the agents: ARI-FG of the slot masks and the slot-agent
-disentanglement score (flam_jax/lib/evaluator.py).
+disentanglement score (flam_jax/lib/eval_step.py).
 """
 
 import os
@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 
-from experiments import common
+from experiments import common, runner
+from experiments import plots as plots_lib
+from experiments import report as report_lib
 
 # label -> (title, lam overrides). "flam" is shared with Table 1 and Sec 5.4.
 CONFIGS = {
@@ -41,14 +43,14 @@ common.define_flags("results/slot_init")
 
 
 def make_runs(num_agents: int, seeds):
-  return [common.Run(label=label, variant="flam", num_agents=num_agents, seed=s,
+  return [runner.Run(label=label, variant="flam", num_agents=num_agents, seed=s,
                      overrides=overrides)
           for s in seeds for label, (_, overrides) in CONFIGS.items()]
 
 
-def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
+def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   n = experiment.setting.table1_agents
-  stats = {label: common.aggregate(metrics[f"{label}_{n}a"], KEYS) for label in CONFIGS}
+  stats = {label: report_lib.aggregate(metrics[f"{label}_{n}a"], KEYS) for label in CONFIGS}
   p = metrics[f"flam_{n}a"][0]["prediction_steps"]
   columns = [("psnr_t@1", "PSNR t=1"), ("psnr_t@P", f"PSNR t={p}"),
              ("delta_psnr_t@1", "Δ PSNR t=1"), ("delta_psnr_t@P", f"Δ PSNR t={p}"),
@@ -58,23 +60,23 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
   rec = stats["flam"]
   claims = []
   for label in list(CONFIGS)[1:]:
-    claims.append(common.compare(f"recursive PSNR t=1 > {titles[label]}", rec["psnr_t@1"],
+    claims.append(report_lib.compare(f"recursive PSNR t=1 > {titles[label]}", rec["psnr_t@1"],
                                  stats[label]["psnr_t@1"]))
   for label in list(CONFIGS)[1:]:
-    claims.append(common.compare(f"recursive disentanglement > {titles[label]}",
+    claims.append(report_lib.compare(f"recursive disentanglement > {titles[label]}",
                                  rec["disentanglement"], stats[label]["disentanglement"], 3))
-  lines = common.header_lines(f"Sec 5.5 / Appendix E: slot initialisation and matching "
+  lines = report_lib.header_lines(f"Sec 5.5 / Appendix E: slot initialisation and matching "
                               f"(FLAM, {n} agents)", experiment, seeds)
   lines += [
       "The paper reports no numbers for this comparison (Appendix E, Fig. 8 is qualitative); "
       "mean ± sample std over seeds. ARI-FG: adjusted Rand index of the slot masks against "
       "the agents' pixels; disentanglement: the share of each moving agent's pixels (over a "
       "transition's two frames) covered by the slot matched to it (Hungarian).", "",
-      common.config_table(stats, titles, columns, 3), "",
+      report_lib.config_table(stats, titles, columns, 3), "",
       "## Claims", "",
-      common.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
+      report_lib.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
   ]
-  plot = common.bar_plot(
+  plot = plots_lib.bar_plot(
       os.path.join(experiment.out_dir, "slot_init.png"), "Sec 5.5: slot initialisation",
       "PSNR t=1 (dB)", [titles[label].replace(" loss", "") for label in CONFIGS],
       [("PSNR t=1", [stats[label]["psnr_t@1"]["mean"] for label in CONFIGS],

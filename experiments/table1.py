@@ -16,7 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 
-from experiments import common
+from experiments import common, runner, settings
+from experiments import plots as plots_lib
+from experiments import report as report_lib
 
 VARIANTS = ("wm", "lam", "oc_lam", "flam")
 # Table 1 of the paper, Multigrid row (4 agents).
@@ -37,37 +39,37 @@ common.define_flags("results/table1")
 
 
 def make_runs(num_agents: int, seeds):
-  return [common.Run(label=v, variant=v, num_agents=num_agents, seed=s)
+  return [runner.Run(label=v, variant=v, num_agents=num_agents, seed=s)
           for s in seeds for v in VARIANTS]
 
 
-def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
+def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   """results.md (and results.json) from the per-seed metrics."""
   n = experiment.setting.table1_agents
-  stats = {v: common.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in VARIANTS}
-  titles = [common.VARIANT_TITLES[v] for v in VARIANTS]
+  stats = {v: report_lib.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in VARIANTS}
+  titles = [settings.VARIANT_TITLES[v] for v in VARIANTS]
   p = metrics[f"flam_{n}a"][0]["prediction_steps"]
   main_rows = [
-      ["PSNR t=1 (ours)"] + [common.fmt(stats[v]["psnr_t@1"]) for v in VARIANTS],
-      ["PSNR (paper)"] + [common.fmt_paper(PAPER_PSNR[v]) for v in VARIANTS],
-      ["Δ PSNR t=1 (ours)"] + [common.fmt(stats[v]["delta_psnr_t@1"]) for v in VARIANTS],
-      [f"Δ PSNR t={p} (ours)"] + [common.fmt(stats[v]["delta_psnr_t@P"]) for v in VARIANTS],
-      ["Δ PSNR (paper)"] + [common.fmt_paper(PAPER_DELTA_PSNR[v]) for v in VARIANTS],
+      ["PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["psnr_t@1"]) for v in VARIANTS],
+      ["PSNR (paper)"] + [report_lib.fmt_paper(PAPER_PSNR[v]) for v in VARIANTS],
+      ["Δ PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@1"]) for v in VARIANTS],
+      [f"Δ PSNR t={p} (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@P"]) for v in VARIANTS],
+      ["Δ PSNR (paper)"] + [report_lib.fmt_paper(PAPER_DELTA_PSNR[v]) for v in VARIANTS],
   ]
-  extra_rows = [[label.replace("t=P", f"t={p}")] + [common.fmt(stats[v][key], 3) for v in VARIANTS]
+  extra_rows = [[label.replace("t=P", f"t={p}")] + [report_lib.fmt(stats[v][key], 3) for v in VARIANTS]
                 for key, label in EXTRA_ROWS]
   f, lam, oc = stats["flam"], stats["lam"], stats["oc_lam"]
   claims = [
-      common.compare("FLAM PSNR t=1 > LAM", f["psnr_t@1"], lam["psnr_t@1"]),
-      common.compare("FLAM PSNR t=1 > OC+LAM", f["psnr_t@1"], oc["psnr_t@1"]),
-      common.compare("FLAM Δ PSNR t=1 > LAM", f["delta_psnr_t@1"], lam["delta_psnr_t@1"]),
-      common.compare("FLAM Δ PSNR t=1 > OC+LAM", f["delta_psnr_t@1"], oc["delta_psnr_t@1"]),
-      common.compare(f"FLAM Δ PSNR t={p} > LAM", f["delta_psnr_t@P"], lam["delta_psnr_t@P"]),
-      common.compare(f"FLAM Δ PSNR t={p} > OC+LAM", f["delta_psnr_t@P"], oc["delta_psnr_t@P"]),
-      common.compare("WM PSNR t=1 > FLAM (ground-truth actions)", stats["wm"]["psnr_t@1"],
+      report_lib.compare("FLAM PSNR t=1 > LAM", f["psnr_t@1"], lam["psnr_t@1"]),
+      report_lib.compare("FLAM PSNR t=1 > OC+LAM", f["psnr_t@1"], oc["psnr_t@1"]),
+      report_lib.compare("FLAM Δ PSNR t=1 > LAM", f["delta_psnr_t@1"], lam["delta_psnr_t@1"]),
+      report_lib.compare("FLAM Δ PSNR t=1 > OC+LAM", f["delta_psnr_t@1"], oc["delta_psnr_t@1"]),
+      report_lib.compare(f"FLAM Δ PSNR t={p} > LAM", f["delta_psnr_t@P"], lam["delta_psnr_t@P"]),
+      report_lib.compare(f"FLAM Δ PSNR t={p} > OC+LAM", f["delta_psnr_t@P"], oc["delta_psnr_t@P"]),
+      report_lib.compare("WM PSNR t=1 > FLAM (ground-truth actions)", stats["wm"]["psnr_t@1"],
                      f["psnr_t@1"]),
   ]
-  lines = common.header_lines(f"Table 1: Multigrid, {n} agents", experiment, seeds)
+  lines = report_lib.header_lines(f"Table 1: Multigrid, {n} agents", experiment, seeds)
   lines += [
       "PSNR_t: rollout from frame 0 under the latent actions inferred from the ground-truth "
       "frames, step t; Δ PSNR_t = PSNR_t(inferred) − PSNR_t(random actions) (Sec 5.6). The "
@@ -75,20 +77,20 @@ def report(experiment: common.Experiment, runs, metrics, seeds) -> str:
       "random ground-truth actions (the paper reports none). Our data, resolution and "
       "training length differ from the paper's outside the `paper` setting, so compare "
       "orderings, not absolute values.", "",
-      common.markdown_table(["metric"] + titles, main_rows), "",
+      report_lib.markdown_table(["metric"] + titles, main_rows), "",
       "## Other metrics", "",
-      common.markdown_table(["metric"] + titles, extra_rows), "",
+      report_lib.markdown_table(["metric"] + titles, extra_rows), "",
       "## Claims", "",
-      common.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
+      report_lib.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
   ]
   plots = []
   for name, keys, labels in (("table1_psnr", ("psnr_t@1", "psnr_t@P"), ("t=1", f"t={p}")),
                              ("table1_delta_psnr", ("delta_psnr_t@1", "delta_psnr_t@P"),
                               ("t=1", f"t={p}"))):
-    plots.append((name, common.bar_plot(
+    plots.append((name, plots_lib.bar_plot(
         os.path.join(experiment.out_dir, f"{name}.png"),
         f"Table 1: {'PSNR' if name == 'table1_psnr' else 'Δ PSNR'}, Multigrid, {n} agents",
-        "dB", labels, [(common.VARIANT_TITLES[v], [stats[v][k]["mean"] for k in keys],
+        "dB", labels, [(settings.VARIANT_TITLES[v], [stats[v][k]["mean"] for k in keys],
                         [stats[v][k]["std"] for k in keys]) for v in VARIANTS])))
   return experiment.write(lines, dict(
       table="table1", num_agents=n, seeds=list(seeds), variants=list(VARIANTS),

@@ -19,7 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from experiments import common
+from experiments import common, runner, settings
+from experiments import plots as plots_lib
+from experiments import report as report_lib
 from flam_jax.errors import ConfigError
 
 VARIANTS = ("wm", "lam", "flam")
@@ -40,7 +42,7 @@ _ENTITIES = flags.DEFINE_list("entities", [], "Numbers of moving entities (defau
 
 
 def make_runs(entities, seeds):
-  return [common.Run(label=v, variant=v, num_agents=n, seed=s)
+  return [runner.Run(label=v, variant=v, num_agents=n, seed=s)
           for s in seeds for n in entities for v in VARIANTS]
 
 
@@ -58,8 +60,8 @@ def _paper(n, v):
   return PAPER_PSNR.get(n, {}).get(v)
 
 
-def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str:
-  stats = {n: {v: common.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in VARIANTS}
+def report(experiment: runner.Experiment, runs, metrics, seeds, entities) -> str:
+  stats = {n: {v: report_lib.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in VARIANTS}
            for n in entities}
   p = metrics[f"flam_{entities[0]}a"][0]["prediction_steps"]
   gaps, paper_gaps = {}, {}
@@ -69,22 +71,22 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
     lam_values = s["lam"]["psnr_t@1"]["values"]
     flam_values = s["flam"]["psnr_t@1"]["values"]
     paired = [f - l for f, l in zip(flam_values, lam_values) if f is not None and l is not None]
-    mean, std, count = common.mean_std(paired)
+    mean, std, count = report_lib.mean_std(paired)
     gaps[n] = dict(mean=mean, std=std, n=count, values=paired)
     paper_gap = (None if _paper(n, "flam") is None
                  else round(_paper(n, "flam") - _paper(n, "lam"), 2))
     paper_gaps[n] = paper_gap
     psnr_rows.append([str(n)] + [
-        f"{common.fmt(s[v]['psnr_t@1'])} ({common.fmt_paper(_paper(n, v))})" for v in VARIANTS
-    ] + [f"{common.fmt(gaps[n])} ({common.fmt_paper(paper_gap)})",
-         common.fmt(s["flam"]["copy_psnr_t@1"])])
-  delta_rows = [[str(n)] + [common.fmt(stats[n][v][k]) for v in ("lam", "flam")
+        f"{report_lib.fmt(s[v]['psnr_t@1'])} ({report_lib.fmt_paper(_paper(n, v))})" for v in VARIANTS
+    ] + [f"{report_lib.fmt(gaps[n])} ({report_lib.fmt_paper(paper_gap)})",
+         report_lib.fmt(s["flam"]["copy_psnr_t@1"])])
+  delta_rows = [[str(n)] + [report_lib.fmt(stats[n][v][k]) for v in ("lam", "flam")
                             for k in ("delta_psnr_t@1", "delta_psnr_t@P")]
-                + [common.fmt(stats[n]["flam"]["ari_fg"], 3),
-                   common.fmt(stats[n]["flam"]["probe_accuracy"], 3),
-                   common.fmt(stats[n]["lam"]["probe_accuracy"], 3)]
+                + [report_lib.fmt(stats[n]["flam"]["ari_fg"], 3),
+                   report_lib.fmt(stats[n]["flam"]["probe_accuracy"], 3),
+                   report_lib.fmt(stats[n]["lam"]["probe_accuracy"], 3)]
                 for n in entities]
-  claims = [common.compare(f"FLAM PSNR t=1 > LAM, {n} entities", stats[n]["flam"]["psnr_t@1"],
+  claims = [report_lib.compare(f"FLAM PSNR t=1 > LAM, {n} entities", stats[n]["flam"]["psnr_t@1"],
                            stats[n]["lam"]["psnr_t@1"]) for n in entities]
   measured = [n for n in entities if gaps[n]["mean"] is not None]
   if len(measured) >= 2:
@@ -97,26 +99,26 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
         ("does not hold" if slope <= 0 else
          "holds (one seed: no noise estimate)" if min(gaps[n]["n"] for n in measured) < 2
          else "holds")])
-  lines = common.header_lines("Table 2: number of moving entities", experiment, seeds)
+  lines = report_lib.header_lines("Table 2: number of moving entities", experiment, seeds)
   lines += [
       "PSNR at t=1 (Sec 5.6), mean ± sample std over seeds, the paper's number in brackets. "
       "FLAM − LAM: the per-seed difference of the two models' PSNR. FLAM uses K = n slots; "
       "LAM's scene codebook is [4]*min(n, 4) FSQ levels (4^n joint actions up to 4 agents, "
       "capped at 256 codes). The paper's own gaps (3.35, 1.08, 4.45, 2.18, 0.63 dB) do not "
       "grow monotonically: it claims FLAM is 'more robust' as entities increase.", "",
-      common.markdown_table(["# entities"] + [common.VARIANT_TITLES[v] for v in VARIANTS]
+      report_lib.markdown_table(["# entities"] + [settings.VARIANT_TITLES[v] for v in VARIANTS]
                             + ["FLAM − LAM", "copy (no change)"], psnr_rows), "",
       f"## Δ PSNR (t=1 and t={p}), slots and probe", "",
-      common.markdown_table(["# entities", "LAM Δ t=1", f"LAM Δ t={p}", "FLAM Δ t=1",
+      report_lib.markdown_table(["# entities", "LAM Δ t=1", f"LAM Δ t={p}", "FLAM Δ t=1",
                              f"FLAM Δ t={p}", "FLAM ARI-FG", "FLAM probe acc.",
                              "LAM probe acc."], delta_rows), "",
       "## Claims", "",
-      common.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
+      report_lib.markdown_table(["claim (paper)", "ours (mean)", "verdict"], claims), "",
   ]
-  plot = common.line_plot(
+  plot = plots_lib.line_plot(
       os.path.join(experiment.out_dir, "table2.png"), "Table 2: PSNR t=1 by entities",
       "moving entities", "dB", entities,
-      [(common.VARIANT_TITLES[v], [stats[n][v]["psnr_t@1"]["mean"] for n in entities],
+      [(settings.VARIANT_TITLES[v], [stats[n][v]["psnr_t@1"]["mean"] for n in entities],
         [stats[n][v]["psnr_t@1"]["std"] for n in entities]) for v in VARIANTS],
       references=[[_paper(n, v) for n in entities] for v in VARIANTS])
   return experiment.write(lines, dict(
@@ -126,7 +128,7 @@ def report(experiment: common.Experiment, runs, metrics, seeds, entities) -> str
       per_seed=metrics, claims=claims), runs, [("Table 2", plot)])
 
 
-def _entities(experiment: common.Experiment):
+def _entities(experiment: runner.Experiment):
   return parse_entities(_ENTITIES.value, experiment.setting.entities)
 
 

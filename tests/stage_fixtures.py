@@ -11,7 +11,7 @@ NUM_AGENTS = 2
 
 
 def tiny_config(stage: str = "tokenizer", variant: str = "flam"):
-  config = quickstart.get_config(variant if variant in ("flam", "lam", "oc_lam", "wm") else "flam")
+  config = quickstart.get_config(variant)
   config.stage = stage
   config.num_train_steps = 10
   config.data.image_size = 16
@@ -26,10 +26,6 @@ def tiny_config(stage: str = "tokenizer", variant: str = "flam"):
   lam.num_slots, lam.slot_iterations, lam.prediction_steps = 2, 1, 2
   lam.subtoken_sizes = (4, 8)
   lam.scene_action_levels = (4, 4)
-  if variant == "flam_gaussian":
-    lam.action_kind = "gaussian"
-  if variant == "flam_regression":
-    lam.aggregator_mode = "regression"
   return config
 
 
@@ -47,7 +43,7 @@ def random_batches(config, batch_size: int, num_batches: int, seed: int = 0):
 def make_lam_stage(config, seed: int = 0):
   """A LatentActionStage on a randomly initialised (frozen) tokenizer."""
   from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
-  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer = make_tokenizer(config)
   s = config.data.image_size
   params = tokenizer.init(jax.random.PRNGKey(seed), jnp.zeros((1, s, s, 3)))["params"]

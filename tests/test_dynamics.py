@@ -1,7 +1,6 @@
 """Tests for the shared spatio-temporal IDM / FDM and the scene pooling (dynamics.py)."""
 
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,20 +120,6 @@ def test_scene_pool_shape_and_permutation_invariant():
   # Not trivially constant: it depends on the features.
   noise = jax.random.normal(jax.random.key(80), (B, D))
   assert np.abs(apply(params, feats.at[:, 0].add(noise)) - out).max() > 1e-4
-
-
-def test_pool_to_scene_helper_inside_parent():
-
-  class Parent(nn.Module):
-
-    @nn.compact
-    def __call__(self, x):
-      return dynamics.pool_to_scene(x, num_heads=2)
-
-  feats, _, _ = _inputs(9)
-  variables = jax.eval_shape(Parent().init, jax.random.key(0), feats)
-  assert "scene_pool" in variables["params"]
-  assert jax.eval_shape(Parent().apply, variables, feats).shape == (B, 1, D)
 
 
 def test_bf16_compute_is_finite_with_f32_params(idm, fdm):

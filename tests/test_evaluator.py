@@ -14,7 +14,8 @@ from ml_collections import ConfigDict
 
 from flam_jax.data import multigrid
 from flam_jax.errors import ConfigError
-from flam_jax.lib import checkpointing, evaluator
+from flam_jax.lib import checkpointing, eval_step, evaluator
+from flam_jax.lib import probe as probe_lib
 from tests import stage_fixtures
 
 WINDOW = 4  # stage_fixtures.tiny_config("lam").data.window_length
@@ -60,7 +61,7 @@ _TOKENIZER = {}
 def _stage_and_params(variant, seeds=(0,)):
   """(config, stage, [params per seed]): stage_fixtures' tiny config on a random tokenizer."""
   from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
-  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   config = stage_fixtures.tiny_config("lam", variant)
   tokenizer = make_tokenizer(config)
   if "params" not in _TOKENIZER:
@@ -78,10 +79,10 @@ def test_delta_psnr_on_fixed_predictions():
   target = np.zeros((1, 2, 4, 4, 3), np.float32)
   inferred = np.full_like(target, 0.1)  # 20 dB.
   random = np.full_like(target, 0.2)    # 20 - 20 log10(2) dB.
-  out = evaluator.prediction_metrics(target, inferred, random)
+  out = eval_step.prediction_metrics(target, inferred, random)
   np.testing.assert_allclose(out["psnr_t"], 20.0, rtol=1e-5)
   np.testing.assert_allclose(out["delta_psnr_t"], 20 * np.log10(2.0), rtol=1e-5)
-  swapped = evaluator.prediction_metrics(target, random, inferred)
+  swapped = eval_step.prediction_metrics(target, random, inferred)
   np.testing.assert_allclose(swapped["delta_psnr_t"], -20 * np.log10(2.0), rtol=1e-5)
 
 
@@ -95,7 +96,7 @@ def test_dataset_batches_pad_and_label_episodes(batches):
 
 def test_summarize_ignores_padding():
   _, stage, _ = _stage_and_params("flam")
-  spec = evaluator.EvalSpec.from_stage(stage)
+  spec = eval_step.EvalSpec.from_stage(stage)
   per_example = dict(valid=np.array([True, True, False]), episode=np.arange(3),
                      tokenizer_psnr=np.array([10.0, 20.0, 1e9]))
   for key in ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t"):
@@ -110,19 +111,19 @@ def test_probe_beats_majority_on_separable_data():
   rng = np.random.default_rng(0)
   labels = rng.choice(4, size=400, p=[0.55, 0.15, 0.15, 0.15])
   x = np.eye(4)[labels] * 2.0 + rng.normal(scale=0.3, size=(400, 4))
-  out = evaluator.fit_probe(x[:200], labels[:200], x[200:], labels[200:], 4, steps=100)
+  out = probe_lib.fit_probe(x[:200], labels[:200], x[200:], labels[200:], 4, steps=100)
   assert out["accuracy"] > 0.95 and out["majority"] < 0.7
 
   # Per-agent blocks: agent 1's latent code is its action shifted by one; split by episode.
   _, stage, _ = _stage_and_params("flam")
-  spec = evaluator.EvalSpec.from_stage(stage)
+  spec = eval_step.EvalSpec.from_stage(stage)
   m = 40
   actions = rng.integers(0, 4, (m, 3, 2))
   codes = (actions + np.array([0, 1])) % 4  # FSQ [2, 2]: 4 codes.
   ex = dict(probe_latent=np.zeros((m, 3, 2, 2), np.float32), probe_code=codes,
             probe_valid=np.ones((m, 3, 2), bool), probe_label=actions,
             episode=np.repeat(np.arange(4), m // 4))
-  probe = evaluator.probe_latent_actions(ex, spec, steps=100)
+  probe = probe_lib.probe_latent_actions(ex, spec, steps=100)
   assert probe["accuracy"] == 1.0 and probe["majority"] < 0.5
   assert probe["train_pairs"] == probe["test_pairs"] == m // 2 * 6
 

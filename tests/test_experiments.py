@@ -15,72 +15,73 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import common
+from flam_jax.errors import ConfigError
+from experiments import plots, report, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- Helpers (fast). ----
 def test_configs_of_every_setting_and_variant_build():
-  for name in common.SETTINGS:
-    setting = common.get_setting(name)
-    tok = common.tokenizer_config(setting, 2, "/d", steps_scale=0.5)
+  for name in settings.SETTINGS:
+    setting = settings.get_setting(name)
+    tok = settings.tokenizer_config(setting, 2, "/d", steps_scale=0.5)
     assert tok.stage == "tokenizer" and tok.data.window_length == 1
     for variant in ("wm", "lam", "oc_lam", "flam", "flam_regression"):
-      config = common.lam_config(setting, variant, 8, seed=3, data_dir="/d", tokenizer_dir="/t",
+      config = settings.lam_config(setting, variant, 8, seed=3, data_dir="/d", tokenizer_dir="/t",
                                  overrides={"lam.recursive_init": False})
       assert config.seed == 3 and config.lam.num_slots == 8
       assert config.lam.tokenizer_checkpoint == "/t/tokenizer"
       assert not config.lam.recursive_init
       assert config.data.window_length > config.lam.prediction_steps
-  paper = common.lam_config(common.get_setting("paper"), "flam", 4, 0, "/d", "/t")
+  paper = settings.lam_config(settings.get_setting("paper"), "flam", 4, 0, "/d", "/t")
   assert (paper.data.image_size, paper.lam.d_model, paper.data.window_length,
           paper.lam.prediction_steps) == (128, 256, 10, 5)
   assert paper.data.generate.grid_size == 32
-  small = common.lam_config(common.get_setting("small"), "flam", 4, 0, "/d", "/t",
+  small = settings.lam_config(settings.get_setting("small"), "flam", 4, 0, "/d", "/t",
                             steps_scale=0.5)
   assert small.num_train_steps == 300
 
 
 def test_scene_codebook_is_capped():
-  assert common.scene_action_levels(1) == (4,)
-  assert common.scene_action_levels(4) == (4, 4, 4, 4)
-  assert common.scene_action_levels(16) == (4, 4, 4, 4)
+  assert settings.scene_action_levels(1) == (4,)
+  assert settings.scene_action_levels(4) == (4, 4, 4, 4)
+  assert settings.scene_action_levels(16) == (4, 4, 4, 4)
 
 
 def test_unknown_override_is_a_config_error():
-  with pytest.raises(common.ConfigError, match="unknown config key"):
-    common.lam_config(common.get_setting("tiny"), "flam", 2, 0, "/d", "/t",
+  with pytest.raises(ConfigError, match="unknown config key"):
+    settings.lam_config(settings.get_setting("tiny"), "flam", 2, 0, "/d", "/t",
                       overrides={"lam.slot_matchin": "hungarian"})
 
 
 def test_aggregation_and_claims():
   per_seed = [dict(psnr_t=[20.0, 18.0], ari_fg=None), dict(psnr_t=[22.0, 17.0], ari_fg=None)]
-  stats = common.aggregate(per_seed, ["psnr_t@1", "psnr_t@P", "ari_fg"])
+  stats = report.aggregate(per_seed, ["psnr_t@1", "psnr_t@P", "ari_fg"])
   assert stats["psnr_t@1"]["mean"] == 21.0
   np.testing.assert_allclose(stats["psnr_t@1"]["std"], np.sqrt(2.0))
   assert stats["psnr_t@P"]["mean"] == 17.5 and stats["ari_fg"]["n"] == 0
-  assert common.fmt(stats["psnr_t@1"]) == "21.00 ± 1.41" and common.fmt(stats["ari_fg"]) == "n/a"
+  assert report.fmt(stats["psnr_t@1"]) == "21.00 ± 1.41" and report.fmt(stats["ari_fg"]) == "n/a"
   one = dict(mean=1.0, std=0.0, n=1)
-  assert common.compare("c", dict(mean=2.0, std=0.0, n=1), one)[2].startswith("holds (one seed")
-  assert common.compare("c", one, dict(mean=2.0, std=0.0, n=1))[2] == "does not hold"
-  assert common.compare("c", dict(mean=3.0, std=0.5, n=3),
+  assert report.compare("c", dict(mean=2.0, std=0.0, n=1), one)[2].startswith("holds (one seed")
+  assert report.compare("c", one, dict(mean=2.0, std=0.0, n=1))[2] == "does not hold"
+  assert report.compare("c", dict(mean=3.0, std=0.5, n=3),
                         dict(mean=1.0, std=0.5, n=3))[2] == "holds"
-  assert common.compare("c", dict(mean=1.1, std=1.0, n=3),
+  assert report.compare("c", dict(mean=1.1, std=1.0, n=3),
                         dict(mean=1.0, std=1.0, n=3))[2] == "holds, within noise"
-  assert common.compare("c", None, one)[2] == "not measured"
+  assert report.compare("c", None, one)[2] == "not measured"
 
 
 def test_plots_are_pngs(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  bar = common.bar_plot(str(tmp_path / "bar.png"), "t", "dB", ["a", "b"],
+  bar = plots.bar_plot(str(tmp_path / "bar.png"), "t", "dB", ["a", "b"],
                         [("x", [1.0, -2.0], [0.5, None]), ("y", [3.0, None], [0.0, 0.0])])
-  line = common.line_plot(str(tmp_path / "line.png"), "t", "n", "dB", [1, 2, 4],
+  line = plots.line_plot(str(tmp_path / "line.png"), "t", "n", "dB", [1, 2, 4],
                           [("x", [1.0, 2.0, 3.0], [0.1, 0.1, 0.1]), ("y", [None, 1.0, 0.5],
                                                                      [None] * 3)])
   for path in (bar, line):
     assert Image.open(path).size == (720, 420)
-  assert common.bar_plot(str(tmp_path / "none.png"), "t", "dB", ["a"], [("x", [None], [None])]) is None
+  assert plots.bar_plot(str(tmp_path / "none.png"), "t", "dB", ["a"], [("x", [None], [None])]) is None
 
 
 # ---- End to end (slow). ----

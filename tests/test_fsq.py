@@ -1,7 +1,5 @@
 """FSQ: round trips, codebook size, straight-through gradients."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,19 +46,52 @@ def test_straight_through_gradient_is_the_bound_gradient():
   levels = (5, 4)
   z = jnp.array([[0.3, -0.7], [1.2, 0.1]])
   grad_q = jax.grad(lambda x: jnp.sum(fsq.quantize(x, levels) * jnp.array([1.0, 2.0])))(z)
-  half_width = jnp.array([2.0, 2.0])
-  grad_b = jax.grad(lambda x: jnp.sum(fsq.bound(x, levels) / half_width * jnp.array([1.0, 2.0])))(z)
+  half_span = jnp.array([2.0, 1.5])
+  grad_b = jax.grad(lambda x: jnp.sum(fsq.bound(x, levels) / half_span * jnp.array([1.0, 2.0])))(z)
   np.testing.assert_allclose(grad_q, grad_b, rtol=1e-6)
   assert np.all(np.asarray(grad_q) != 0.0)  # A plain round would give zero gradients.
 
 
-def test_fsq_module_and_all_codes():
+def test_two_levels_are_a_sign_and_the_grid_is_symmetric():
   levels = (2, 2)
-  codes, idx = fsq.FSQ(levels).apply({}, jnp.array([[-5.0, -5.0], [5.0, 5.0], [5.0, -5.0]]))
-  np.testing.assert_array_equal(idx, [0, 3, 1])
+  codes = fsq.quantize(jnp.array([[-5.0, -5.0], [5.0, 5.0], [5.0, -5.0], [0.01, -0.01]]), levels)
+  np.testing.assert_array_equal(codes, [[-1, -1], [1, 1], [1, -1], [1, -1]])
+  idx = fsq.codes_to_indices(codes, levels)
+  np.testing.assert_array_equal(idx, [0, 3, 1, 1])
   np.testing.assert_array_equal(fsq.all_codes(levels)[idx], codes)
-  assert {tuple(c) for c in np.asarray(fsq.all_codes(levels))} == set(
-      itertools.product([-1.0, 0.0], repeat=2))
+  for lv in [(2,), (3,), (4,), (5,), (8,)]:
+    grid = np.asarray(fsq.all_codes(lv))[:, 0]
+    np.testing.assert_allclose(grid, -grid[::-1], atol=1e-6)  # Symmetric about 0.
+
+
+def _config_levels():
+  """Every FSQ level tuple that a config in configs/ uses (tokenizer and latent actions)."""
+  from configs import multigrid, quickstart  # pylint: disable=g-import-not-at-top
+  found = set()
+  for module in (multigrid, quickstart):
+    for variant in multigrid.VARIANTS:
+      config = module.get_config(variant)
+      found.add(tuple(config.tokenizer.levels))
+      found.add(tuple(config.lam.action_levels))
+      found.add(tuple(config.lam.scene_action_levels))
+  return sorted(found)
+
+
+@pytest.mark.parametrize("levels", _config_levels())
+def test_codes_are_balanced_at_unit_input_scale(levels):
+  # A freshly initialised bottleneck sees roughly N(0, 1) inputs (LayerNorm then Dense):
+  # every code of every channel must then be in real use, or the bottleneck starts
+  # collapsed (the reference's shift put 94% of L=2 inputs on one code).
+  z = jax.random.normal(jax.random.PRNGKey(0), (100_000, len(levels)))
+  half = (np.asarray(levels, np.float32) - 1) / 2
+  digits = np.round(np.asarray(fsq.quantize(z, levels)) * half + half).astype(int)
+  for j, level in enumerate(levels):
+    freq = np.bincount(digits[:, j], minlength=level) / len(z)
+    assert freq.min() > 0.5 / level ** 1.5, (levels, j, freq)
+    np.testing.assert_allclose(freq, freq[::-1], atol=0.01)  # Symmetric, like N(0, 1).
+  if len(levels) <= 4:  # Small action codebooks: every combination is reachable.
+    used = np.unique(np.asarray(fsq.codes_to_indices(fsq.quantize(z, levels), levels)))
+    assert len(used) == fsq.codebook_size(levels)
 
 
 def test_bad_levels_and_channel_mismatch_raise():

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flam_jax import generate as gen
+from flam_jax.generate import actions as gen_actions
+from flam_jax.generate import inputs, pictures
 from flam_jax.data import multigrid
 from flam_jax.errors import ConfigError, DataError
-from flam_jax.lib import checkpointing
+from flam_jax.lib import checkpointing, loading, rollout
 from flam_jax.lib.train_state import TrainState
 from flam_jax.modules.world_model import LatentActionWorldModel
-from flam_jax.stages import lam
 from flam_jax.stages.lam import LatentActionStage
-from flam_jax.stages.tokenizer import make_tokenizer
+from flam_jax.lib.models import make_tokenizer
 from tests import stage_fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,32 +86,32 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(workdir):
-  stage, params, step = lam.load_trained(workdir)
+  stage, params, step = loading.load_trained(workdir)
   assert step == 1
-  clip, _, _ = gen.load_clip(stage, "test", 0, 0, STEPS, need_steps=True)
+  clip, _, _ = inputs.load_clip(stage, "test", 0, 0, STEPS, need_steps=True)
   return stage, params, clip
 
 
 def test_rollout_frames_shapes_and_range(model):
   stage, params, clip = model
-  actions = gen.actions_from_indices(stage, [[0, 1], [2, 3]])  # [H, K, A]
+  actions = gen_actions.actions_from_indices(stage, [[0, 1], [2, 3]])  # [H, K, A]
   assert actions.shape == (STEPS, 2, 2)
-  frames = gen.rollout_frames(stage, params, clip[0], actions)
+  frames = rollout.rollout_frames(stage, params, clip[0], actions)
   assert frames.shape == (STEPS + 1, 16, 16, 3) and frames.dtype == np.float32
   assert np.all(np.isfinite(frames)) and frames.min() >= 0.0 and frames.max() <= 1.0
   # uint8 and [0, 1] start frames are the same input.
-  again = gen.rollout_frames(stage, params, clip[0].astype(np.float32) / 255.0, actions)
+  again = rollout.rollout_frames(stage, params, clip[0].astype(np.float32) / 255.0, actions)
   np.testing.assert_allclose(again, frames, atol=1e-6)
   with pytest.raises(DataError, match="16x16"):
-    gen.rollout_frames(stage, params, np.zeros((8, 8, 3), np.uint8), actions)
+    rollout.rollout_frames(stage, params, np.zeros((8, 8, 3), np.uint8), actions)
 
 
 def test_one_slot_action_changes_prediction(model):
   stage, params, clip = model
   # Slot 0 takes code 0 or code 3 (both FSQ channels flipped); slot 1 keeps code 1.
   indices = np.array([[[0, 1]] * STEPS, [[3, 1]] * STEPS])  # [B, H, K]
-  actions = np.stack([gen.actions_from_indices(stage, i) for i in indices])
-  out = gen.rollout(stage, params, clip[0], actions)
+  actions = np.stack([gen_actions.actions_from_indices(stage, i) for i in indices])
+  out = rollout.rollout_from_frame(stage, params, clip[0], actions)
   assert out["frames"].shape == (2, STEPS + 1, 16, 16, 3)
   assert out["tokens"].shape == (2, STEPS, stage.num_patches)
   assert out["masks"].shape == (2, stage.num_patches)
@@ -121,18 +121,18 @@ def test_one_slot_action_changes_prediction(model):
 
 def test_control_grid_is_slots_by_codes(model):
   stage, params, clip = model
-  picture, arrays = gen.slot_control_grid(stage, params, clip[0], STEPS)
+  picture, arrays = pictures.slot_control_grid(stage, params, clip[0], STEPS)
   k, c = 2, 4  # FLAM slots x FSQ [2, 2] codes.
   assert arrays["final"].shape == (k, c, 16, 16, 3)
   assert arrays["reference"].shape == (k, 2)  # The IDM's "no change" code per slot.
   # Header row (start, slot masks) + one row per slot; lead column + one per code; 2 px pad.
   assert picture.shape == ((1 + k) * 18 + 2, (1 + c) * 18 + 2, 3)
-  np.testing.assert_array_equal(arrays["columns"], gen.unit_codebook(stage))  # Code order.
+  np.testing.assert_array_equal(arrays["columns"], gen_actions.unit_codebook(stage))  # Code order.
 
 
 def test_figure_rows(model):
   stage, params, clip = model
-  picture, arrays = gen.figure_rollout(stage, params, clip)
+  picture, arrays = pictures.figure_rollout(stage, params, clip)
   t = STEPS + 1
   assert arrays["prediction"].shape == (t, 16, 16, 3)
   assert arrays["masks"].shape == (t, 2, stage.num_patches)
@@ -151,10 +151,10 @@ def _stub(variant="flam", action_kind="fsq"):
 
 
 def test_parse_actions():
-  np.testing.assert_array_equal(gen.parse_actions(_stub(), "0,1; 2,3;"), [[0, 1], [2, 3]])
-  np.testing.assert_array_equal(gen.parse_actions(_stub("lam"), "15;0"), [[15], [0]])
-  np.testing.assert_array_equal(gen.parse_actions(_stub("wm"), "3,2"), [[3, 2]])
-  wm_actions = gen.actions_from_indices(_stub("wm"), [[3, 2]])
+  np.testing.assert_array_equal(gen_actions.parse_actions(_stub(), "0,1; 2,3;"), [[0, 1], [2, 3]])
+  np.testing.assert_array_equal(gen_actions.parse_actions(_stub("lam"), "15;0"), [[15], [0]])
+  np.testing.assert_array_equal(gen_actions.parse_actions(_stub("wm"), "3,2"), [[3, 2]])
+  wm_actions = gen_actions.actions_from_indices(_stub("wm"), [[3, 2]])
   np.testing.assert_array_equal(wm_actions, [[[0, 0, 0, 1, 0, 0, 1, 0]]])  # One-hot per agent.
 
 
@@ -169,7 +169,7 @@ def test_parse_actions():
 ])
 def test_bad_actions_are_one_line_config_errors(variant, kind, text, message):
   with pytest.raises(ConfigError) as e:
-    gen.parse_actions(_stub(variant, kind), text)
+    gen_actions.parse_actions(_stub(variant, kind), text)
   assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
@@ -177,12 +177,12 @@ def test_load_image_errors(tmp_path):
   path = str(tmp_path / "start.png")
   Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(path)
   with pytest.raises(DataError, match=r"is 16x20 pixels .* trained on 16x16"):
-    gen.load_image(path, 16)
+    inputs.load_image(path, 16)
   Image.fromarray(np.zeros((16, 16, 4), np.uint8)).save(path)  # RGBA is fine.
-  assert gen.load_image(path, 16).shape == (16, 16, 3)
+  assert inputs.load_image(path, 16).shape == (16, 16, 3)
   (tmp_path / "junk.png").write_text("not an image")
   with pytest.raises(DataError, match="not a readable image"):
-    gen.load_image(str(tmp_path / "junk.png"), 16)
+    inputs.load_image(str(tmp_path / "junk.png"), 16)
 
 
 def _cli(*args):

@@ -73,6 +73,17 @@ def test_video_round_trip_within_codec_loss(tmp_path, ext):
     assert np.abs(got["frames"].astype(int) - want).mean() < 4.0  # Codec's rounding only.
 
 
+def test_evaluation_refuses_data_without_ground_truth(tmp_path):
+  """Action-free video trains but is not evaluated: one line naming what is missing."""
+  from flam_jax import evaluate  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "out")
+  vf.write_npz_episodes(str(tmp_path / "npz"), [5, 6, 5], size=(16, 16), with_truth=False)
+  meta = iv.import_dataset(str(tmp_path / "npz"), "npz", out, image_size=0, progress=False)
+  with pytest.raises(DataError, match="no ground-truth masks and actions"):
+    evaluate.check_ground_truth(meta, out)
+  evaluate.check_ground_truth(dict(meta, ground_truth=["actions", "masks"]), out)
+
+
 def test_png_folders_in_natural_order(tmp_path):
   src, out = str(tmp_path / "frames"), str(tmp_path / "out")
   videos = vf.write_png_folders(src, [12, 5, 6])
@@ -214,7 +225,7 @@ def test_metadata_is_plain_json(tmp_path):
 
 def test_training_on_imported_action_free_video(tmp_path):
   """tokenizer (MAGVIT-v2 kind) then FLAM, end to end on imported mp4 of uneven lengths."""
-  import train  # pylint: disable=g-import-not-at-top
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
   from configs import video  # pylint: disable=g-import-not-at-top
   src, data = tmp_path / "videos", str(tmp_path / "data")
   src.mkdir()

@@ -41,7 +41,26 @@ def test_fsq_bottleneck_has_gradients():
   feats = _features(2)
   params = random_params(model, feats)
   grads = jax.grad(lambda p: jnp.sum(model.apply(p, feats)["actions"] * 1.7))(params)
-  assert float(jnp.abs(grads["params"]["proj"]["kernel"]).sum()) > 0
+  assert float(jnp.abs(grads["params"]["proj"]).sum()) > 0
+
+
+def test_fsq_projection_keeps_unit_scale_and_usage_penalty_spreads_codes():
+  # The projection is LN(x) . w/|w|: scaling w changes nothing, so no channel can
+  # saturate onto one code through the norm of its weights.
+  model = la.FSQActionBottleneck(levels=(2, 2))
+  feats = _features(2)
+  params = random_params(model, feats)
+  scaled = jax.tree.map(lambda x: 50.0 * x, params)
+  np.testing.assert_allclose(model.apply(scaled, feats)["code_log_probs"],
+                             model.apply(params, feats)["code_log_probs"], atol=1e-5)
+  out = model.apply(params, feats)
+  np.testing.assert_allclose(jnp.exp(out["code_log_probs"]).sum(-1), 1.0, atol=1e-5)
+  # The penalty is -H(batch-mean code distribution): -log 4 when the batch uses all four
+  # codes equally, 0 when every row is sure of the same code.
+  uniform = jnp.log(jnp.full((8, 3, 4), 0.25))
+  np.testing.assert_allclose(la.code_entropy_loss(uniform), -np.log(4.0), rtol=1e-5)
+  one_code = jnp.log(jnp.asarray([1.0, 1e-12, 1e-12, 1e-12]))[None, None].repeat(8, 0)
+  assert abs(float(la.code_entropy_loss(one_code))) < 1e-6
 
 
 def test_gaussian_kl_zero_at_prior_positive_elsewhere():
@@ -122,8 +141,6 @@ def test_factory_and_unknown_kind():
   assert isinstance(fsq_b, la.FSQActionBottleneck) and tuple(fsq_b.levels) == (2, 2, 2)
   gauss_b = la.make_action_bottleneck("gaussian", latent_dim=4)
   assert isinstance(gauss_b, la.GaussianActionBottleneck) and gauss_b.latent_dim == 4
-  assert la.action_dim("fsq", levels=(2, 2, 2)) == 3
-  assert la.action_dim("gaussian", latent_dim=4) == 4
   with pytest.raises(ValueError, match="fsq.*gaussian"):
     la.make_action_bottleneck("vq", levels=(2, 2))
   with pytest.raises(ValueError, match="latent_dim"):

@@ -67,7 +67,7 @@ def test_training_reduces_reconstruction_loss():
 
 def test_unknown_kind_is_a_config_error():
   from configs import video  # pylint: disable=g-import-not-at-top
-  from flam_jax.stages.tokenizer import make_tokenizer  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   config = video.get_config("tokenizer")
   assert make_tokenizer(config).kind == "magvit2"
   config.tokenizer.kind = "vqgan"

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from flam_jax.data import multigrid as mg
+from flam_jax.data import multigrid_render as render
+from flam_jax.data import records
 from flam_jax.errors import ConfigError
 
 TINY = mg.MultigridConfig(
@@ -53,13 +55,13 @@ def test_determinism():
 
 
 def test_palette_distinct():
-  assert mg.AGENT_COLORS.shape == (16, 3) and mg.AGENT_COLORS.dtype == np.uint8
-  lut = {tuple(c) for c in mg.COLOR_LUT}
+  assert render.AGENT_COLORS.shape == (16, 3) and render.AGENT_COLORS.dtype == np.uint8
+  lut = {tuple(c) for c in render.COLOR_LUT}
   assert len(lut) == 18  # Floor, wall and 16 agents all distinct.
 
 
 def test_sprites_point_along_heading():
-  sprites = mg.agent_sprites(8)  # [4, 8, 8]
+  sprites = render.agent_sprites(8)  # [4, 8, 8]
   assert sprites.shape == (4, 8, 8) and sprites.dtype == bool
   right = sprites[mg.RIGHT]
   cols = right.sum(axis=0)
@@ -73,20 +75,20 @@ def test_sprites_point_along_heading():
   np.testing.assert_array_equal(sprites[mg.LEFT], right[:, ::-1])
   np.testing.assert_array_equal(sprites[mg.UP], sprites[mg.DOWN][::-1])
   for c in (1, 2, 4):
-    assert mg.agent_sprites(c).reshape(4, -1).any(axis=1).all()
+    assert render.agent_sprites(c).reshape(4, -1).any(axis=1).all()
 
 
 @pytest.mark.parametrize("cfg", [TINY, CROWDED])
 def test_frames_masks_positions_agree(cfg):
   c = cfg.cell_size
-  sprites = mg.agent_sprites(c)
+  sprites = render.agent_sprites(c)
   for ep in _episodes(cfg, 4):
     frames, masks = ep["frames"], ep["masks"]
     pos, head = ep["positions"], ep["headings"]
     # Background: floor black, walls grey; walls are static whole cells.
     np.testing.assert_array_equal(frames[masks == mg.FLOOR_ID], 0)
     np.testing.assert_array_equal(frames[masks == mg.WALL_ID],
-                                  np.broadcast_to(mg.WALL_COLOR, (
+                                  np.broadcast_to(render.WALL_COLOR, (
                                       (masks == mg.WALL_ID).sum(), 3)))
     walls_GG = (masks[0] == mg.WALL_ID)[::c, ::c]
     assert walls_GG[0].all() and walls_GG[-1].all()
@@ -104,7 +106,7 @@ def test_frames_masks_positions_agree(cfg):
         np.testing.assert_array_equal(on[r * c:(r + 1) * c, q * c:(q + 1) * c],
                                       sprites[head[t, k]])
         np.testing.assert_array_equal(
-            frames[t][on], np.broadcast_to(mg.AGENT_COLORS[k], (on.sum(), 3)))
+            frames[t][on], np.broadcast_to(render.AGENT_COLORS[k], (on.sum(), 3)))
       # Any pixel that is not an agent's is floor or wall by the static map.
       static = np.repeat(np.repeat(walls_GG, c, 0), c, 1)
       free = masks[t] < mg.FIRST_AGENT_ID
@@ -182,12 +184,12 @@ def test_config_errors(kwargs, match):
 
 
 def test_split_counts():
-  assert mg.split_counts(100) == {"train": 80, "validation": 10, "test": 10}
-  assert mg.split_counts(12) == {"train": 10, "validation": 1, "test": 1}
-  assert mg.split_counts(3) == {"train": 1, "validation": 1, "test": 1}
-  assert mg.split_counts(2) == {"train": 2, "validation": 0, "test": 0}
+  assert records.split_counts(100) == {"train": 80, "validation": 10, "test": 10}
+  assert records.split_counts(12) == {"train": 10, "validation": 1, "test": 1}
+  assert records.split_counts(3) == {"train": 1, "validation": 1, "test": 1}
+  assert records.split_counts(2) == {"train": 2, "validation": 0, "test": 0}
   for n in range(3, 60):
-    counts = mg.split_counts(n)
+    counts = records.split_counts(n)
     assert sum(counts.values()) == n and min(counts.values()) >= 1
 
 
@@ -207,13 +209,13 @@ def test_write_dataset(tmp_path):
   with open(os.path.join(out, "metadata.json")) as f:
     assert json.load(f) == meta
   assert not any(n.endswith(".tmp") for n in os.listdir(out))
-  assert meta["format_version"] == mg.FORMAT_VERSION
+  assert meta["format_version"] == records.FORMAT_VERSION
   assert meta["config"] == {
       "grid_size": 8, "resolution": 32, "num_agents": 3, "episode_length": 12,
       "sticky_prob": 0.5, "wall_density": 0.05}
   assert meta["seed"] == 5 and meta["num_episodes"] == 12
   splits = meta["splits"]
-  assert {s: splits[s]["num_episodes"] for s in mg.SPLITS} == {
+  assert {s: splits[s]["num_episodes"] for s in records.SPLITS} == {
       "train": 10, "validation": 1, "test": 1}
   assert splits["train"]["shards"] == [
       f"train-{i:05d}-of-00003.array_record" for i in range(3)]
@@ -241,7 +243,7 @@ def test_write_dataset(tmp_path):
   check("train", 1, 3, 7)
   check("train", 2, 1, 9)
   check("test", 0, 0, 11)
-  for split in mg.SPLITS:
+  for split in records.SPLITS:
     total = 0
     for name in splits[split]["shards"]:
       total += _read_record(os.path.join(out, name), 0)[1]

@@ -49,7 +49,7 @@ def test_examples_are_the_generated_episodes(tfds_dir):
 
 
 def test_config_data_name_imports_once_and_trains_input(tfds_dir, tmp_path):
-  import train  # pylint: disable=g-import-not-at-top
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   config = quickstart.get_config()
   config.data.name, config.data.tfds_data_dir, config.data.image_size = NAME, tfds_dir, 16

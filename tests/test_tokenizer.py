@@ -62,3 +62,25 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   recon, _ = model.apply({"params": params}, frames)
   assert recon.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(recon)))
+
+
+def test_patch_local_encoder_tokens_depend_on_their_own_patch_only():
+  model = Tokenizer(**TINY, patch_local=True)
+  frames = _frames()
+  params = model.init(jax.random.PRNGKey(0), frames)["params"]
+  encode = jax.jit(lambda f: model.apply({"params": params}, f, method=Tokenizer.encode))
+  z_q, indices = encode(frames)
+  assert z_q.shape == (4, 4, 4, 8) and indices.shape == (4, 4, 4)
+  # Changing the pixels of patch (1, 2) changes its features and nothing else.
+  changed = frames.at[:, 4:8, 8:12].set(0.5)
+  z_changed, _ = encode(changed)
+  diff = np.abs(np.asarray(z_changed - z_q)).max(axis=(0, 3))
+  assert diff[1, 2] > 1e-4
+  diff[1, 2] = 0.0
+  np.testing.assert_array_equal(diff, 0.0)
+  # The whole-frame encoder's receptive field crosses patch borders (the reason for the option).
+  whole = Tokenizer(**TINY)
+  whole_params = whole.init(jax.random.PRNGKey(0), frames)["params"]
+  encoder_out = lambda f: whole.apply({"params": whole_params}, f,
+                                     method=lambda m, x: m.encoder(x))  # Before quantisation.
+  assert np.abs(np.asarray(encoder_out(changed) - encoder_out(frames)))[:, 1, 1].max() > 1e-6

@@ -9,11 +9,13 @@ import pytest
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import trainer
 from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices
-from flam_jax.stages.lam import LatentActionStage, load_frozen_tokenizer
+from flam_jax.lib.loading import load_frozen_tokenizer
+from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
 from tests import stage_fixtures
 
-VARIANTS = ["flam", "lam", "oc_lam", "wm", "flam_gaussian", "flam_regression"]
+VARIANTS = ["flam", "lam", "oc_lam", "wm", "flam_v2", "flam_regression"]
+REGRESSION = ("flam_v2", "flam_regression")
 
 
 def test_rollout_indices_cover_every_transition():
@@ -32,14 +34,14 @@ def test_forward_shapes(variant):
   features, tokens = stage.features(batch)
   out = jax.jit(lambda p, f, t, a: stage.model.apply(
       {"params": p}, f, t, a, prediction_steps=2, deterministic=False,
-      rngs={"action": jax.random.PRNGKey(1)}))(params, features, tokens, batch["actions"])
+      rngs={"action": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)}))(params, features, tokens, batch["actions"])
   b, t, n = tokens.shape
   s, p = t - 2, 2
-  num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_gaussian",
+  num_entities = config.lam.num_slots if variant in ("flam", "oc_lam", "flam_v2",
                                                      "flam_regression") else n
   assert out["entities"].shape == (b, t, num_entities, config.lam.d_model)
   assert out["targets"].shape == (b * s * p, n)
-  if variant == "flam_regression":
+  if variant in REGRESSION:
     assert out["prediction"].shape == (b * s * p, n, stage.codebook.shape[-1])
   else:
     assert [l.shape for l in out["prediction"]] == [(b * s * p, n, 4), (b * s * p, n, 8)]

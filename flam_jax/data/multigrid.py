@@ -3,7 +3,8 @@
 FLAM (Sec 5) extends MiniGrid to K agents that each pick an action per step; the
 model only sees the frames and must factor the dynamics into per-entity latent
 actions. This module is numpy only (no gym, no display): it simulates episodes,
-renders them, and writes them to ArrayRecord shards that `pipeline.py` reads.
+renders them, and writes them in the dataset format of `records.py` that
+`pipeline.py` reads.
 
 World rules:
   * The grid has `grid_size` cells per side; the outer ring is wall, and a
@@ -23,7 +24,7 @@ World rules:
     taken). Blocked forward moves leave the agent in place; forward never
     changes the heading.
 
-Rendering: floor black, walls grey, agent k a MiniGrid triangle pointing along
+Rendering (multigrid_render.py): floor black, walls grey, agent k a MiniGrid triangle pointing along
 its heading in colour `AGENT_COLORS[k]`. Frames are rendered from the per-pixel
 entity-id mask (0 floor, 1 wall, 2 + k agent k) through a colour lookup table,
 so frames and masks agree by construction. With 1 pixel per cell the triangle
@@ -48,10 +49,8 @@ from absl import flags
 import numpy as np
 import tqdm
 
-# METADATA_FILE and split_counts are also re-exported for callers of this module.
-from flam_jax.data.records import (FORMAT_VERSION, GROUND_TRUTH_FIELDS, METADATA_FILE, SPLITS,
-                                   invalidate, split_counts, write_metadata,
-                                   write_split_shards)
+from flam_jax.data import records
+from flam_jax.data.multigrid_render import COLOR_LUT, render_masks
 from flam_jax.errors import ConfigError
 
 # Actions.
@@ -67,38 +66,8 @@ HEADING_DELTAS = np.array([[0, 1], [1, 0], [0, -1], [-1, 0]],
                           np.int32)  # [4, 2]
 
 # Entity ids in masks.
-FLOOR_ID = 0
-WALL_ID = 1
-FIRST_AGENT_ID = 2
+FLOOR_ID, WALL_ID, FIRST_AGENT_ID = records.FLOOR_ID, records.WALL_ID, records.FIRST_AGENT_ID
 MAX_AGENTS = 16
-
-FLOOR_COLOR = np.array([0, 0, 0], np.uint8)
-WALL_COLOR = np.array([100, 100, 100], np.uint8)
-# 16 well-separated colours (Trubetskoy's palette minus black/white/greys).
-AGENT_COLORS = np.array(
-    [
-        [230, 25, 75],  # red
-        [60, 180, 75],  # green
-        [255, 225, 25],  # yellow
-        [0, 130, 200],  # blue
-        [245, 130, 48],  # orange
-        [145, 30, 180],  # purple
-        [70, 240, 240],  # cyan
-        [240, 50, 230],  # magenta
-        [210, 245, 60],  # lime
-        [250, 190, 212],  # pink
-        [0, 128, 128],  # teal
-        [220, 190, 255],  # lavender
-        [170, 110, 40],  # brown
-        [255, 250, 200],  # beige
-        [128, 0, 0],  # maroon
-        [0, 0, 128],  # navy
-    ],
-    np.uint8,
-)  # [16, 3]
-
-# Entity id -> RGB: [2 + 16, 3].
-COLOR_LUT = np.concatenate([FLOOR_COLOR[None], WALL_COLOR[None], AGENT_COLORS])
 
 # Order in which the arrays of an episode are concatenated in a record.
 FIELDS = ("frames", "masks", "actions", "positions", "headings")
@@ -179,24 +148,6 @@ def field_shapes(cfg: MultigridConfig) -> dict[str, tuple[int, ...]]:
       "positions": (l, k, 2),
       "headings": (l, k),
   }
-
-
-def agent_sprites(cell_size: int) -> np.ndarray:
-  """MiniGrid triangles for the 4 headings: bool [4, c, c]."""
-  c = cell_size
-  y, x = (np.mgrid[0:c, 0:c] + 0.5) / c  # Pixel centres in [0, 1].
-  # MiniGrid's agent triangle, pointing right (+x = +col).
-  a, b, d = (0.12, 0.19), (0.87, 0.50), (0.12, 0.81)
-
-  def side(p, q):
-    return (x - q[0]) * (p[1] - q[1]) - (p[0] - q[0]) * (y - q[1])
-
-  s1, s2, s3 = side(a, b), side(b, d), side(d, a)
-  has_neg = (s1 < 0) | (s2 < 0) | (s3 < 0)
-  has_pos = (s1 > 0) | (s2 > 0) | (s3 > 0)
-  right_cc = ~(has_neg & has_pos)
-  # Heading h is h quarter turns clockwise from right (down = +row).
-  return np.stack([np.rot90(right_cc, k=-h) for h in range(4)])
 
 
 def _flood_fill(free_GG: np.ndarray, seed_rc: tuple[int, int]) -> np.ndarray:
@@ -295,29 +246,6 @@ def generate_episode(cfg: MultigridConfig,
   }
 
 
-def render_masks(cfg: MultigridConfig, walls_GG: np.ndarray,
-                 positions: np.ndarray, headings: np.ndarray) -> np.ndarray:
-  """Entity-id masks uint8 [L, H, W]; positions [L, K, 2], headings [L, K]."""
-  c = cfg.cell_size
-  l, k = headings.shape
-  static_HW = np.where(walls_GG, WALL_ID, FLOOR_ID).astype(np.uint8)
-  static_HW = np.repeat(np.repeat(static_HW, c, axis=0), c, axis=1)
-  masks = np.repeat(static_HW[None], l, axis=0)  # [L, H, W]
-  # Paste every agent sprite of every frame in one scatter.
-  on_LKcc = agent_sprites(c)[headings]  # [L, K, c, c]
-  ar = np.arange(c)
-  t_idx = np.arange(l)[:, None, None, None]
-  r_idx = positions[..., 0, None, None] * c + ar[:, None]  # [L, K, c, 1]
-  c_idx = positions[..., 1, None, None] * c + ar[None, :]  # [L, K, 1, c]
-  ids = (FIRST_AGENT_ID + np.arange(k, dtype=np.uint8))[None, :, None, None]
-  shape = on_LKcc.shape
-  masks[np.broadcast_to(t_idx, shape)[on_LKcc],
-        np.broadcast_to(r_idx, shape)[on_LKcc],
-        np.broadcast_to(c_idx, shape)[on_LKcc]] = np.broadcast_to(
-            ids, shape)[on_LKcc]
-  return masks
-
-
 def episode_rng(seed: int, episode: int) -> np.random.Generator:
   """The rng of episode `episode` in a dataset generated with `seed`."""
   return np.random.default_rng([seed, episode])
@@ -341,24 +269,25 @@ def write_dataset(out_dir: str,
   if episodes_per_shard < 1:
     raise ConfigError(
         f"episodes_per_shard={episodes_per_shard}; use at least 1")
-  invalidate(out_dir)  # Stale metadata must not describe half-new shards.
+  os.makedirs(out_dir, exist_ok=True)
+  records.remove_metadata(out_dir)
 
-  counts = split_counts(num_episodes)
+  counts = records.split_counts(num_episodes)
   splits_meta = {}
   first = 0
   bar = tqdm.tqdm(total=num_episodes, desc="episodes", disable=not progress)
-  for split in SPLITS:
+  for split in records.SPLITS:
     n = counts[split]
     episodes = (generate_episode(cfg, episode_rng(seed, e)) for e in range(first, first + n))
-    splits_meta[split] = write_split_shards(out_dir, split, episodes, n, episodes_per_shard,
-                                            FIELDS, RECORD_DTYPES, bar=bar)
+    splits_meta[split] = records.write_split(out_dir, split, episodes, n, episodes_per_shard,
+                                             FIELDS, dtypes=RECORD_DTYPES, bar=bar)
     splits_meta[split]["first_episode"] = first
     first += n
   bar.close()
 
   shapes = field_shapes(cfg)
   metadata = {
-      "format_version": FORMAT_VERSION,
+      "format_version": records.FORMAT_VERSION,
       "generator": "flam_jax.data.multigrid",
       "config": dataclasses.asdict(cfg),
       "seed": seed,
@@ -374,9 +303,9 @@ def write_dataset(out_dir: str,
       "record_bytes": sum(
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
-      "ground_truth": list(GROUND_TRUTH_FIELDS),
+      "ground_truth": list(records.GROUND_TRUTH_FIELDS),
   }
-  write_metadata(out_dir, metadata)
+  records.write_metadata(out_dir, metadata)
   return metadata
 
 
@@ -416,7 +345,7 @@ def _main(argv):
   except ConfigError as e:
     sys.exit(f"error: {e}")
   counts = ", ".join(
-      f"{s}={meta['splits'][s]['num_episodes']}" for s in SPLITS)
+      f"{s}={meta['splits'][s]['num_episodes']}" for s in records.SPLITS)
   print(f"wrote {meta['num_episodes']} episodes to"
         f" {os.path.abspath(flags_.out)} ({counts})")
 

@@ -292,14 +292,6 @@ class WindowSource:
     return out
 
 
-def _shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-  """Contiguous [lo, hi) of n items for shard `index` of `count`."""
-  if not 0 <= index < count:
-    raise ConfigError(f"shard_index={index} is out of range for"
-                      f" shard_count={count}")
-  return n * index // count, n * (index + 1) // count
-
-
 def make_dataset(data_dir: str,
                  split: str,
                  *,
@@ -352,7 +344,7 @@ def make_dataset(data_dir: str,
       import jax  # pylint: disable=g-import-not-at-top
       shard_index = jax.process_index() if shard_index is None else shard_index
       shard_count = jax.process_count() if shard_count is None else shard_count
-    lo, hi = _shard_bounds(len(ds), shard_index, shard_count)
+    lo, hi = records.shard_bounds(len(ds), shard_index, shard_count)
     ds = ds[lo:hi]
     if len(ds) == 0:  # pylint: disable=g-explicit-length-test
       raise DataError(

@@ -21,6 +21,8 @@ Metadata keys every dataset has:
   fields: [{name, dtype, shape}],
   ground_truth: the optional ground-truth fields present (subset of GROUND_TRUTH_FIELDS);
     evaluation skips the metrics whose ground truth is absent.
+
+Entity-id masks, where a source has them: 0 floor, 1 wall, 2 + k agent k.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from array_record.python import array_record_module
 import numpy as np
 
-from flam_jax.errors import DataError
+from flam_jax.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
@@ -43,6 +45,11 @@ WRITER_OPTIONS = "group_size:1"
 # Ground truth a dataset may carry beside `frames` (Multigrid also has `headings`).
 # actions [L-1] or [L-1, K]; masks uint8 [L, H, W] entity id per pixel; positions [L, K, 2].
 GROUND_TRUTH_FIELDS = ("actions", "masks", "positions", "headings")
+
+# Entity ids of the per-pixel masks.
+FLOOR_ID = 0
+WALL_ID = 1
+FIRST_AGENT_ID = 2
 
 
 def time_length(field: str, episode_length: int) -> int:
@@ -75,6 +82,14 @@ def split_of(index: int, counts: Mapping[str, int]) -> str:
   raise IndexError(f"episode {index} beyond the {sum(counts.values())} counted")
 
 
+def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
+  """Contiguous [lo, hi) of n items for shard `index` of `count` (sizes differ by <= 1)."""
+  if not 0 <= index < count:
+    raise ConfigError(f"shard_index={index} is out of range for"
+                      f" shard_count={count}")
+  return n * index // count, n * (index + 1) // count
+
+
 def _le(dtype) -> np.dtype:
   return np.dtype(dtype).newbyteorder("<")
 
@@ -92,10 +107,9 @@ def shard_name(split: str, index: int, count: int) -> str:
   return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def write_split_shards(out_dir: str, split: str, episodes: Iterable[Mapping[str, np.ndarray]],
-                       num_episodes: int, episodes_per_shard: int,
-                       fields: Sequence[str], dtypes: Mapping[str, Any] | None = None,
-                       bar=None) -> dict[str, Any]:
+def write_split(out_dir: str, split: str, episodes: Iterable[Mapping[str, np.ndarray]],
+                num_episodes: int, episodes_per_shard: int, fields: Sequence[str], *,
+                dtypes: Mapping[str, Any] | None = None, bar=None) -> dict[str, Any]:
   """Writes one split's episodes (in order) as ArrayRecord shards; returns its metadata."""
   num_shards = math.ceil(num_episodes / episodes_per_shard)
   episodes = iter(episodes)
@@ -123,8 +137,8 @@ def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
   os.replace(tmp_path, meta_path)
 
 
-def invalidate(out_dir: str) -> None:
-  """Removes metadata.json first, so shards being rewritten are never read as complete."""
+def remove_metadata(out_dir: str) -> None:
+  """Makes `out_dir` and deletes a stale metadata.json, so it never describes half-new shards."""
   os.makedirs(out_dir, exist_ok=True)
   meta_path = os.path.join(out_dir, METADATA_FILE)
   if os.path.exists(meta_path):
@@ -163,7 +177,7 @@ class EpisodeWriter:
     self.primary = primary  # The field every episode has (token caches: "tokens").
     self.episodes_per_shard = int(episodes_per_shard)
     self.min_length = int(min_length)
-    invalidate(out_dir)
+    remove_metadata(out_dir)
     self._written: list[str] = []
     self._writers: dict[str, Any] = {}
     self._splits = {s: dict(num_episodes=0, shards=[], shard_num_episodes=[],

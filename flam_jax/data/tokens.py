@@ -30,9 +30,27 @@ def _matches(out_dir: str, tag: dict[str, Any]) -> bool:
     return False
 
 
+def _stability_counts(frames_elHWc: np.ndarray, tokens_elhw: np.ndarray) -> np.ndarray:
+  """[patch transitions, pixel-identical patches, of those the ones whose token is kept].
+
+  A tokenizer that is stable for unchanged content keeps the token of every patch whose
+  pixels do not change between consecutive frames; the copy baseline and the world
+  model's easy default both rely on it.
+  """
+  e, l, height, width, _ = frames_elHWc.shape
+  h, w = tokens_elhw.shape[2:]
+  patches = frames_elHWc.reshape(e, l, h, height // h, w, width // w, 3)
+  unchanged = np.all(patches[:, 1:] == patches[:, :-1], axis=(3, 5, 6))  # [E, L-1, h, w]
+  kept = tokens_elhw[:, 1:] == tokens_elhw[:, :-1]
+  return np.array([unchanged.size, unchanged.sum(), (unchanged & kept).sum()], np.int64)
+
+
 def _encoded(source: pipeline.WindowSource, encode: Callable[[np.ndarray], np.ndarray],
-             frames_per_call: int) -> Iterator[dict[str, np.ndarray]]:
-  """Episodes of `source` with frames replaced by tokens; frames_per_call frames an encode."""
+             frames_per_call: int, stability: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Episodes of `source` with frames replaced by tokens; frames_per_call frames an encode.
+
+  Adds each episode's `_stability_counts` to `stability` in place.
+  """
   pending: list[dict[str, np.ndarray]] = []
 
   def flush():
@@ -47,6 +65,7 @@ def _encoded(source: pipeline.WindowSource, encode: Callable[[np.ndarray], np.nd
     first = 0
     for ep in pending:
       n = len(ep["frames"])
+      stability[:] += _stability_counts(ep["frames"][None], tokens[None, first:first + n])
       yield dict({k: v for k, v in ep.items() if k not in PIXEL_FIELDS},
                  tokens=tokens[first:first + n])
       first += n
@@ -92,13 +111,14 @@ def cache_tokens(data_dir: str, out_dir: str,
                                  min_length=1, primary="tokens")
   bar = tqdm.tqdm(total=source_meta["num_episodes"], desc="tokenizing", disable=not progress)
   grid = None
+  stability = np.zeros(3, np.int64)  # [patch transitions, pixel-unchanged, ... token kept too]
   try:
     for split, n in sizes.items():
       if not n:
         continue
       source = pipeline.WindowSource(data_dir, split, window_length=1, fields=fields,
                                      metadata=source_meta)
-      for episode in _encoded(source, encode_fn, frames_per_call):
+      for episode in _encoded(source, encode_fn, frames_per_call, stability):
         grid = list(episode["tokens"].shape[1:])
         writer.write(split, episode, source=data_dir)
         bar.update(1)
@@ -107,10 +127,19 @@ def cache_tokens(data_dir: str, out_dir: str,
     raise
   finally:
     bar.close()
+  token_stability = dict(
+      unchanged_patch_fraction=float(stability[1] / max(stability[0], 1)),
+      token_kept_if_unchanged=float(stability[2] / max(stability[1], 1)))
+  if progress:
+    print(f"token stability: {100 * token_stability['token_kept_if_unchanged']:.1f}% of the "
+          f"patches whose pixels do not change keep their token "
+          f"({100 * token_stability['unchanged_patch_fraction']:.1f}% of patches do not change)",
+          flush=True)
   keep = {k: v for k, v in source_meta.items()
           if k not in ("splits", "fields", "record_bytes", "ground_truth", "format_version",
                        "generator", "config", "seed", "num_episodes", "episodes_per_shard",
                        "byte_order")}
   return writer.finish(generator=source_meta["generator"], config=source_meta["config"],
                        seed=source_meta["seed"], **keep,
-                       tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=grid))
+                       tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=grid,
+                                   stability=token_stability))

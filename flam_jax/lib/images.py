@@ -7,6 +7,34 @@ import numpy as np
 from PIL import Image
 
 
+# Distinct colours for slot masks (K up to 16 distinct; repeats beyond).
+SLOT_COLORS = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+    [0, 128, 128], [220, 190, 255], [170, 110, 40], [255, 250, 200], [128, 0, 0],
+    [170, 255, 195]], np.float32) / 255.0
+
+
+def slot_colors(num_slots: int) -> np.ndarray:
+  """[K, 3] float colours of slots 0..K-1."""
+  return SLOT_COLORS[np.arange(num_slots) % len(SLOT_COLORS)]
+
+
+def upsample_masks(masks_kn, grid, size: int) -> np.ndarray:
+  """Patch masks [..., K, N] on an h x w `grid` -> pixel masks [..., K, size, size]."""
+  masks = np.asarray(masks_kn, np.float32)
+  scale = size // grid[0]
+  masks = masks.reshape(masks.shape[:-1] + tuple(grid))
+  return masks.repeat(scale, axis=-2).repeat(scale, axis=-1)
+
+
+def mask_overlay(masks_tkn, frames_tHWc, grid) -> np.ndarray:
+  """Slot masks [T, K, N] coloured per slot over frames [T, H, W, 3] in [0, 1] (Figs. 7-9)."""
+  frames = np.asarray(frames_tHWc, np.float32)
+  masks = upsample_masks(masks_tkn, grid, frames.shape[1])
+  return np.einsum("tkhw,kc->thwc", masks, slot_colors(masks.shape[1])) * 0.7 + frames * 0.3
+
+
 def to_uint8(images) -> np.ndarray:
   """Float in [0, 1] (or uint8) -> uint8."""
   images = np.asarray(images)

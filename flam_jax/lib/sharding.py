@@ -1,8 +1,10 @@
 """Device mesh, multi-host initialisation and batch placement, on JAX's own runtime.
 
-The mesh has two axes: `data` (the batch is split across it) and `model` (reserved for
-parameter sharding; size 1 by default, so parameters are replicated). Both use Auto
-axis types: `with_sharding_constraint` fails under Explicit axes on jax 0.10.
+The mesh has two axes: `data` (the batch is split across it) and `model`. Every
+parameter is replicated on every device and nothing is split over `model`: with
+`model_axis_size` > 1 its devices hold copies of the same batch shard and repeat the
+same work (size 1, the default, is the useful setting). Both axes use Auto axis
+types: `with_sharding_constraint` fails under Explicit axes on jax 0.10.
 """
 
 import os

@@ -3,7 +3,8 @@
 A stage (see `flam_jax/stages/`) supplies the model-specific parts:
   name, data_fields, checkpoint_keys, validate(metadata),
   init(rng, batch) -> params, loss(params, batch, rng) -> (loss, metrics),
-  visualize(params, batch) -> {name: uint8 image}.
+  visualize(params, batch) -> {name: uint8 image},
+  and optionally diagnostics(params, batch, rng) -> metrics, run at logging steps only.
 This module owns everything else: data iterator, mesh, optimizer, orbax checkpoints
 (resume by workdir), metrics, pictures, progress bar and preemption.
 """
@@ -138,6 +139,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   train_step = jit_train_step(stage, config, mesh, tx)
   # Replicated output: every process runs it (the batch is global) and can read the result.
   visualize = jax.jit(stage.visualize_arrays, out_shardings=sharding.replicated(mesh))
+  diagnostics = (jax.jit(stage.diagnostics, out_shardings=sharding.replicated(mesh))
+                 if hasattr(stage, "diagnostics") else None)
 
   def next_batch():
     local = next(data_iter)
@@ -170,6 +173,9 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
         stacked = jax.device_get(pending_metrics)
         pending_metrics = []
         last_metrics = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+        if diagnostics is not None:  # Extra forward passes on the last batch (stage-defined).
+          last_metrics.update({f"diagnostics/{k}": float(v) for k, v in jax.device_get(
+              diagnostics(state.params, batch, jax.random.PRNGKey(step))).items()})
         elapsed = time.time() - last_log_time
         steps_per_s = (step - last_log_step) / max(elapsed, 1e-9)
         last_metrics.update(steps_per_s=steps_per_s,

@@ -6,12 +6,18 @@
   self-attention) and on the slots (cross-attention):
     sigma^n = CrossAttention(query=z^{n-1}, key=[z^{1:n-1}, s_hat^{1:K}]),
     z^n = ExtractCode(argmax sigma^n),
-  trained with Eq. 5 (cross-entropy summed over patches). Indices are split into
-  hierarchical sub-tokens (Table 4: [32, 32] for C = 1024) and each sub-token has
-  its own small softmax, log p(c) = sum_j log p(s_j); there is never a C-way
-  softmax.
+  trained with Eq. 5 (cross-entropy over patches; we average it per patch, see
+  `classification_loss`). Indices are split into hierarchical sub-tokens (Table 4:
+  [32, 32] for C = 1024), predicted one after another: log p(c) = log p(s_0 | h) +
+  log p(s_1 | h, s_0) + ...; there is never a C-way softmax.
 * `RegressionAggregator` (Sec 5.4 ablation, later version): non-autoregressive,
   predicts the continuous features directly.
+
+Both take an optional `anchor`: the frame the prediction starts from. With it the
+aggregator predicts a change rather than a whole frame, the later version's residual
+z_hat_{t+1} = z_t + Aggregator(s_hat_{t+1}): regression adds its output to the anchor
+features; classification adds the anchor's token embedding at each patch, so copying
+the start frame is one easy function away and the slots only need to carry what moves.
 
 Sub-token convention: mixed radix with the FIRST sub-token most significant,
 c = s_0 * (S_1 * ... * S_{m-1}) + ... + s_{m-1}; for [32, 32], c = 32 s_0 + s_1.
@@ -54,23 +60,28 @@ def subtokens_to_indices(subtokens: jnp.ndarray, sizes: Sequence[int]) -> jnp.nd
 
 def classification_loss(logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray,
                         sizes: Sequence[int]) -> jnp.ndarray:
-  """Eq. 5: cross-entropy of the true index, summed over the N patches -> [B].
+  """Eq. 5 per example, as a MEAN over the N patches -> [B] (nats per patch).
 
-  -log p(c) = -sum_j log p(s_j), so the per-patch loss is the sum of the
-  sub-token cross-entropies.
+  -log p(c) = -sum_j log p(s_j | s_<j), so the per-patch loss is the sum of the
+  sub-token cross-entropies (the logits of sub-token j were computed given the true
+  s_<j, see `ClassificationAggregator`). The paper sums over patches; averaging keeps
+  the loss weights of configs (KL, slot matching, reconstruction) meaningful at any N.
   """
   chex.assert_rank(target_indices_bn, 2)
   sub_bns = indices_to_subtokens(target_indices_bn, sizes)
-  total_b = jnp.zeros(target_indices_bn.shape[:1], jnp.float32)
+  total_bn = jnp.zeros(target_indices_bn.shape, jnp.float32)
   for j, logits_bns in enumerate(logits):  # Over sub-tokens (static, 2 in practice).
     log_p = jax.nn.log_softmax(logits_bns.astype(jnp.float32), axis=-1)
-    nll_bn = -jnp.take_along_axis(log_p, sub_bns[..., j:j + 1], axis=-1)[..., 0]
-    total_b = total_b + jnp.sum(nll_bn, axis=-1)
-  return total_b
+    total_bn = total_bn - jnp.take_along_axis(log_p, sub_bns[..., j:j + 1], axis=-1)[..., 0]
+  return jnp.mean(total_bn, axis=-1)
 
 
 def logits_to_indices(logits: Tuple[jnp.ndarray, ...], sizes: Sequence[int]) -> jnp.ndarray:
-  """Greedy index: argmax of each sub-token independently, combined -> [...]."""
+  """Index of the argmax of each sub-token's logits, combined -> [...].
+
+  With teacher-forced hierarchical logits (sub-token j given the true s_<j), a patch's
+  index is right exactly when greedy decoding would get it right.
+  """
   sub = jnp.stack([jnp.argmax(l, axis=-1) for l in logits], axis=-1)
   return subtokens_to_indices(sub, sizes)
 
@@ -82,14 +93,26 @@ def classification_accuracy(logits: Tuple[jnp.ndarray, ...], target_indices_bn: 
   return jnp.mean((pred_bn == target_indices_bn).astype(jnp.float32), axis=-1)
 
 
+def _embed_subtokens(indices_bl: jnp.ndarray, sizes: Sequence[int], d_model: int,
+                     prefix: str) -> jnp.ndarray:
+  """emb(c) = sum_j Embed_j(s_j(c)), [B, L, D]: the input embedding of a token index."""
+  sub_bls = indices_to_subtokens(indices_bl, sizes)
+  x_bld = jnp.zeros(indices_bl.shape + (d_model,), jnp.float32)
+  for j, size in enumerate(sizes):  # Over sub-tokens (static, 2 in practice).
+    x_bld = x_bld + nn.Embed(size, d_model, embedding_init=_EMBED_INIT,
+                             name=f"{prefix}_{j}")(sub_bls[..., j])
+  return x_bld
+
+
 class ClassificationAggregator(nn.Module):
   """Autoregressive index predictor over N patches, cross-attending to the slots.
 
-  Position n's input is emb(c^{n-1}) + pos[n] with emb(c) = sum_j Embed_j(s_j(c))
-  and a learned start embedding at n = 0. Each block: causal SelfAttentionBlock
-  over patches, then CrossAttentionBlock to the (Dense-projected) slots. One Dense
-  head per sub-token. Logits are a tuple, one float32 [B, N, S_j] array per
-  sub-token.
+  Position n's input is emb(c^{n-1}) + pos[n] (a learned start embedding at n = 0),
+  plus emb_anchor(c_anchor^n) when an anchor frame is given. Each block: causal
+  SelfAttentionBlock over patches, then CrossAttentionBlock to the (Dense-projected)
+  slots. Hierarchical heads: sub-token j is predicted from h + sum_{i<j} E_i(s_i), the
+  true s_<j under teacher forcing and the greedy ones when decoding. Logits are a
+  tuple, one float32 [B, N, S_j] array per sub-token.
 
   Use `__call__` for teacher-forced training (fully parallel) and `decode` for
   greedy generation (lax.scan over patches, optional key/value cache). `loss` and
@@ -105,6 +128,10 @@ class ClassificationAggregator(nn.Module):
   codebook_size: int = 0  # C; if > 0 it must equal prod(subtoken_sizes).
   mlp_ratio: float = 4.0
   remat: bool = False  # Teacher forcing: recompute block activations in the backward pass.
+  # Teacher forcing: each previous-token input is replaced by the start embedding
+  # ("unknown") with this probability ('dropout' rng), so the model cannot lean on the
+  # true context more than greedy decoding will be able to (exposure bias).
+  context_dropout: float = 0.0
 
   def _check_config(self):
     sizes = tuple(int(s) for s in self.subtoken_sizes)
@@ -118,9 +145,13 @@ class ClassificationAggregator(nn.Module):
 
   @nn.compact
   def _forward(self, slots_bkd: jnp.ndarray, prev_indices_bl: jnp.ndarray,
-               positions_l: jnp.ndarray, decode: bool) -> Tuple[jnp.ndarray, ...]:
-    """Core transformer on L positions. prev index -1 means "start".
+               positions_l: jnp.ndarray, anchor_indices_bl, target_sub_bls,
+               decode: bool) -> Tuple[Tuple[jnp.ndarray, ...], jnp.ndarray]:
+    """Core transformer on L positions -> (logits tuple of [B, L, S_j], sub-tokens [B, L, m]).
 
+    prev index -1 means "start". anchor_indices_bl: the anchor frame's tokens at these
+    positions, or None. target_sub_bls: the true sub-tokens (teacher forcing: the heads
+    condition on them) or None (greedy: the heads condition on their own argmax).
     decode=False: L positions with a causal mask (teacher forcing).
     decode=True: the flax KV cache ('cache' collection) holds earlier positions;
     L = 1 per step and the attention masks out not-yet-written cache slots.
@@ -130,16 +161,14 @@ class ClassificationAggregator(nn.Module):
     slots_bkd = nn.Dense(self.d_model, dtype=self.dtype, name="slot_proj")(slots_bkd)
     slots_bkd = slots_bkd.astype(jnp.float32)
 
-    is_start_bl = prev_indices_bl < 0
-    sub_bls = indices_to_subtokens(jnp.maximum(prev_indices_bl, 0), sizes)
-    x_bld = jnp.zeros((b, l, self.d_model), jnp.float32)
-    for j, size in enumerate(sizes):  # Over sub-tokens (static, 2 in practice).
-      x_bld = x_bld + nn.Embed(size, self.d_model, embedding_init=_EMBED_INIT,
-                               name=f"subtoken_embed_{j}")(sub_bls[..., j])
+    x_bld = _embed_subtokens(jnp.maximum(prev_indices_bl, 0), sizes, self.d_model,
+                             "subtoken_embed")
     start_d = self.param("start", _EMBED_INIT, (self.d_model,), jnp.float32)
-    x_bld = jnp.where(is_start_bl[..., None], start_d, x_bld)
+    x_bld = jnp.where((prev_indices_bl < 0)[..., None], start_d, x_bld)
     pos_nd = self.param("pos_embed", _EMBED_INIT, (self.num_patches, self.d_model), jnp.float32)
     x_bld = x_bld + pos_nd[positions_l][None]
+    if anchor_indices_bl is not None:
+      x_bld = x_bld + _embed_subtokens(anchor_indices_bl, sizes, self.d_model, "anchor_embed")
 
     mask = None if decode else nn.make_causal_mask(jnp.zeros((b, l), jnp.int32))
     remat = self.remat and not decode  # Decoding takes no gradients.
@@ -151,24 +180,39 @@ class ClassificationAggregator(nn.Module):
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"cross_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
-    return tuple(
-        nn.Dense(size, dtype=self.dtype, name=f"head_{j}")(h_bld).astype(jnp.float32)
-        for j, size in enumerate(sizes))
+    logits, chosen = [], []
+    for j, size in enumerate(sizes):  # Hierarchical heads (static, 2 in practice).
+      logits_bls = nn.Dense(size, dtype=self.dtype, name=f"head_{j}")(h_bld).astype(jnp.float32)
+      s_bl = (target_sub_bls[..., j] if target_sub_bls is not None
+              else jnp.argmax(logits_bls, axis=-1).astype(jnp.int32))
+      logits.append(logits_bls)
+      chosen.append(s_bl)
+      if j + 1 < len(sizes):
+        h_bld = h_bld + nn.Embed(size, self.d_model, embedding_init=_EMBED_INIT,
+                                 name=f"head_condition_{j}")(s_bl)
+    return tuple(logits), jnp.stack(chosen, axis=-1)
 
-  def __call__(self, slots_bkd: jnp.ndarray,
-               target_indices_bn: jnp.ndarray) -> Tuple[jnp.ndarray, ...]:
+  def __call__(self, slots_bkd: jnp.ndarray, target_indices_bn: jnp.ndarray,
+               anchor_indices_bn=None, deterministic: bool = True) -> Tuple[jnp.ndarray, ...]:
     """Teacher forcing: logits for all N patches in parallel, tuple of [B, N, S_j]."""
     chex.assert_rank([slots_bkd, target_indices_bn], [3, 2])
     b, n = target_indices_bn.shape
     if n != self.num_patches:
       raise ValueError(f"expected {self.num_patches} target patches, got {n}")
+    if anchor_indices_bn is not None:
+      chex.assert_shape(anchor_indices_bn, (b, n))
+    sizes = self._check_config()
     prev_bn = jnp.concatenate(
         [jnp.full((b, 1), -1, jnp.int32), target_indices_bn[:, :-1].astype(jnp.int32)], axis=1)
-    logits = self._forward(slots_bkd, prev_bn, jnp.arange(n), decode=False)
-    chex.assert_shape(list(logits), [(b, n, s) for s in self._check_config()])
+    if self.context_dropout > 0.0 and not deterministic:
+      dropped_bn = jax.random.bernoulli(self.make_rng("dropout"), self.context_dropout, (b, n))
+      prev_bn = jnp.where(dropped_bn, -1, prev_bn)
+    logits, _ = self._forward(slots_bkd, prev_bn, jnp.arange(n), anchor_indices_bn,
+                              indices_to_subtokens(target_indices_bn, sizes), decode=False)
+    chex.assert_shape(list(logits), [(b, n, s) for s in sizes])
     return logits
 
-  def decode(self, slots_bkd: jnp.ndarray, *,
+  def decode(self, slots_bkd: jnp.ndarray, anchor_indices_bn=None, *,
              use_cache: bool = True) -> Tuple[jnp.ndarray, Tuple[jnp.ndarray, ...]]:
     """Greedy autoregressive decoding -> (indices [B, N] int32, logits tuple of [B, N, S_j]).
 
@@ -185,12 +229,13 @@ class ClassificationAggregator(nn.Module):
     sizes = self._check_config()
     b, n = slots_bkd.shape[0], self.num_patches
     if self.is_initializing():  # Create the params if `init` was called with this method.
-      self(slots_bkd, jnp.zeros((b, n), jnp.int32))
+      self(slots_bkd, jnp.zeros((b, n), jnp.int32), anchor_indices_bn)
     params = self.variables["params"]
     model = self.clone(parent=None, name=None)
+    anchor_nb = None if anchor_indices_bn is None else jnp.transpose(anchor_indices_bn)
 
-    def forward(variables, prev_bl, positions_l, decode):
-      return model.apply(variables, slots_bkd, prev_bl, positions_l, decode,
+    def forward(variables, prev_bl, positions_l, anchor_bl, decode):
+      return model.apply(variables, slots_bkd, prev_bl, positions_l, anchor_bl, None, decode,
                          method=ClassificationAggregator._forward,
                          mutable=["cache"] if decode else False)
 
@@ -198,32 +243,37 @@ class ClassificationAggregator(nn.Module):
       # Cache shapes from an abstract full-length init call (no FLOPs), then zeros.
       cache_shapes = jax.eval_shape(
           lambda: forward({"params": params}, jnp.zeros((b, n), jnp.int32), jnp.arange(n),
-                          True)[1])["cache"]
+                          anchor_indices_bn, True)[1])["cache"]
       cache0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes)
 
-      def step(carry, pos):
+      def step(carry, pos_and_anchor):
+        pos, anchor_b = pos_and_anchor
         cache, prev_b = carry
-        logits, new_vars = forward({"params": params, "cache": cache}, prev_b[:, None],
-                                   pos[None], True)
+        (logits, sub_b1m), new_vars = forward(
+            {"params": params, "cache": cache}, prev_b[:, None], pos[None],
+            None if anchor_b is None else anchor_b[:, None], True)
         logits = tuple(l[:, 0] for l in logits)  # [B, S_j]
-        idx_b = logits_to_indices(logits, sizes)
+        idx_b = subtokens_to_indices(sub_b1m[:, 0], sizes)
         return (new_vars["cache"], idx_b), (idx_b, logits)
 
       carry0 = (cache0, jnp.full((b,), -1, jnp.int32))
     else:
 
-      def step(buf_bn, pos):
+      def step(buf_bn, pos_and_anchor):
+        pos, _ = pos_and_anchor
         prev_bn = jnp.concatenate([jnp.full((b, 1), -1, jnp.int32), buf_bn[:, :-1]], axis=1)
-        all_logits = forward({"params": params}, prev_bn, jnp.arange(n), False)
+        all_logits, all_sub_bnm = forward({"params": params}, prev_bn, jnp.arange(n),
+                                          anchor_indices_bn, False)
         logits = tuple(jax.lax.dynamic_index_in_dim(l, pos, axis=1, keepdims=False)
                        for l in all_logits)  # [B, S_j]
-        idx_b = logits_to_indices(logits, sizes)
+        sub_bm = jax.lax.dynamic_index_in_dim(all_sub_bnm, pos, axis=1, keepdims=False)
+        idx_b = subtokens_to_indices(sub_bm, sizes)
         buf_bn = jax.lax.dynamic_update_index_in_dim(buf_bn, idx_b, pos, axis=1)
         return buf_bn, (idx_b, logits)
 
       carry0 = jnp.zeros((b, n), jnp.int32)
 
-    _, (idx_nb, logits_nbs) = jax.lax.scan(step, carry0, jnp.arange(n))
+    _, (idx_nb, logits_nbs) = jax.lax.scan(step, carry0, (jnp.arange(n), anchor_nb))
     indices_bn = jnp.transpose(idx_nb).astype(jnp.int32)
     logits = tuple(jnp.swapaxes(l, 0, 1) for l in logits_nbs)
     chex.assert_shape(indices_bn, (b, n))
@@ -231,7 +281,7 @@ class ClassificationAggregator(nn.Module):
 
   @nn.nowrap
   def loss(self, logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray) -> jnp.ndarray:
-    """Eq. 5 per example, [B]: sub-token cross-entropies summed over sub-tokens and patches."""
+    """Eq. 5 per example, [B]: sub-token cross-entropies summed, averaged over patches."""
     return classification_loss(logits, target_indices_bn, self._check_config())
 
   @nn.nowrap
@@ -239,11 +289,6 @@ class ClassificationAggregator(nn.Module):
                target_indices_bn: jnp.ndarray) -> jnp.ndarray:
     """Fraction of patches whose full greedy index equals the target, [B]."""
     return classification_accuracy(logits, target_indices_bn, self._check_config())
-
-  @nn.nowrap
-  def predict_indices(self, logits: Tuple[jnp.ndarray, ...]) -> jnp.ndarray:
-    """Greedy indices from logits (argmax per sub-token, then combined)."""
-    return logits_to_indices(logits, self._check_config())
 
 
 class RegressionAggregator(nn.Module):
@@ -264,7 +309,12 @@ class RegressionAggregator(nn.Module):
   remat: bool = False  # Recompute block activations in the backward pass (memory).
 
   @nn.compact
-  def __call__(self, slots_bkd: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, slots_bkd: jnp.ndarray, anchor_bnf=None) -> jnp.ndarray:
+    """[B, K, D_s] (+ anchor features [B, N, F]) -> features [B, N, F].
+
+    With an anchor, the queries also see Dense(anchor) and the output is
+    anchor + head(...): the later version's residual z_hat_{t+1} = z_t + Aggregator(.).
+    """
     chex.assert_rank(slots_bkd, 3)
     b, n = slots_bkd.shape[0], self.num_patches
     slots_bkd = nn.Dense(self.d_model, dtype=self.dtype, name="slot_proj")(slots_bkd)
@@ -272,6 +322,10 @@ class RegressionAggregator(nn.Module):
     query_d = self.param("query", _EMBED_INIT, (self.d_model,), jnp.float32)
     pos_nd = self.param("pos_embed", _EMBED_INIT, (n, self.d_model), jnp.float32)
     x_bnd = jnp.broadcast_to(query_d + pos_nd, (b, n, self.d_model))
+    if anchor_bnf is not None:
+      chex.assert_shape(anchor_bnf, (b, n, self.feature_dim))
+      x_bnd = x_bnd + nn.Dense(self.d_model, dtype=self.dtype, name="anchor_proj")(
+          anchor_bnf).astype(jnp.float32)
     for i in range(self.num_blocks):
       x_bnd = maybe_remat(SelfAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
@@ -282,18 +336,20 @@ class RegressionAggregator(nn.Module):
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
     out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, name="head")(h_bnd)
     out_bnf = out_bnf.astype(jnp.float32)
+    if anchor_bnf is not None:
+      out_bnf = anchor_bnf.astype(jnp.float32) + out_bnf
     chex.assert_shape(out_bnf, (b, n, self.feature_dim))
     return out_bnf
 
   @nn.nowrap
   def loss(self, pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray) -> jnp.ndarray:
-    """Squared error, SUM over patches (Eq. 5's scale) and MEAN over channels -> [B]."""
+    """Squared error, MEAN over patches and channels -> [B]."""
     return regression_loss(pred_bnf, target_bnf)
 
 
 def regression_loss(pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray) -> jnp.ndarray:
-  """sum_n mean_c (pred - target)^2 -> [B]."""
+  """mean_n mean_c (pred - target)^2 -> [B] (per-element, like the per-patch cross-entropy)."""
   chex.assert_equal_shape([pred_bnf, target_bnf])
   chex.assert_rank(pred_bnf, 3)
   err = jnp.square(pred_bnf.astype(jnp.float32) - target_bnf.astype(jnp.float32))
-  return jnp.sum(jnp.mean(err, axis=-1), axis=-1)
+  return jnp.mean(err, axis=(1, 2))

@@ -14,7 +14,6 @@ Each block is
     ([B, K, 1, D] queries against [B, K, 2, D] keys), so there is no loop over K.
 """
 
-from typing import Optional
 
 import chex
 import flax.linen as nn
@@ -68,8 +67,10 @@ class InverseDynamics(nn.Module):
 class ForwardDynamics(nn.Module):
   """FDM, Eq. 4: s_hat_{t+1}^i = FDM(s_t^{1:K}, a_t^i), predicted as a residual.
 
-  The action is embedded with a Dense to D. Per block: x <- SelfAttention(x) over
-  entities; x^i <- CrossAttention(query=x^i, key=[x^i, emb(a_t^i)]). Output
+  The action is embedded with a Dense to D. Per block: (with `additive_actions`,
+  x^i <- x^i + Dense_b(a_t^i) first, so the action enters every entity's stream and
+  cannot be ignored by an attention that looks only at x^i); x <- SelfAttention(x)
+  over entities; x^i <- CrossAttention(query=x^i, key=[x^i, emb(a_t^i)]). Output
   s_hat_{t+1} = s_t + Dense(LN(x)).
 
   `actions_bka` may be [B, K, A] (one action per entity, FLAM) or [B, 1, A] (one
@@ -81,6 +82,7 @@ class ForwardDynamics(nn.Module):
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
   remat: bool = False  # Recompute block activations in the backward pass (memory).
+  additive_actions: bool = False
 
   @nn.compact
   def __call__(self, slots_t_bkd: jnp.ndarray, actions_bka: jnp.ndarray) -> jnp.ndarray:
@@ -90,10 +92,19 @@ class ForwardDynamics(nn.Module):
       raise ValueError(
           f"actions must be [B, K, A] or [B, 1, A] for slots {slots_t_bkd.shape}, "
           f"got {actions_bka.shape}")
-    act_bkd = nn.Dense(d, dtype=self.dtype, name="action_embed")(actions_bka)
+    # Zero-initialised action embeddings (as adaLN-zero / ControlNet's zero convolutions):
+    # at the start the actions change nothing, so the FDM has no reason to push the IDM's
+    # still uninformative codes towards a constant (the collapse of the latent actions);
+    # the embeddings grow only along what the codes say about the next frame.
+    act_bkd = nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                       name="action_embed")(actions_bka)
     act_bkd = jnp.broadcast_to(act_bkd, (b, k, d)).astype(slots_t_bkd.dtype)
     x_bkd = slots_t_bkd
     for i in range(self.num_blocks):
+      if self.additive_actions:
+        x_bkd = x_bkd + nn.Dense(d, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                                 name=f"action_add_{i}")(
+            actions_bka).astype(x_bkd.dtype)
       x_bkd = maybe_remat(SelfAttentionBlock, self.remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"spatial_{i}")(x_bkd)
@@ -135,16 +146,3 @@ class SceneActionPool(nn.Module):
     chex.assert_shape(pooled_b1d, (b, 1, d))
     return pooled_b1d
 
-
-def pool_to_scene(action_features_bkd: jnp.ndarray,
-                  *,
-                  num_heads: int,
-                  dtype: jnp.dtype = jnp.float32,
-                  name: Optional[str] = "scene_pool") -> jnp.ndarray:
-  """[B, K, D] -> [B, 1, D] learned-query attention pooling (see SceneActionPool).
-
-  It has parameters, so call it inside a parent module's `nn.compact` method (it
-  creates a `SceneActionPool` submodule called `name`), or use `SceneActionPool`
-  directly.
-  """
-  return SceneActionPool(num_heads=num_heads, dtype=dtype, name=name)(action_features_bkd)

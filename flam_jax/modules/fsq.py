@@ -6,7 +6,12 @@ to an integer index by mixed-radix arithmetic. Used twice in FLAM: by the tokeni
 (Sec 4.1, levels [4,4,4,4,4] = 1024 codes) and, optionally, by the latent action
 bottleneck (Table 4, e.g. [2,2] = 4 codes per slot).
 
-Codes live in [-1, 1]: for L levels the values are (digit - L//2) / (L//2).
+The grid is symmetric about 0 for every L: digit d in [0, L) has the code
+(2d - (L - 1)) / (L - 1) in [-1, 1], so L=2 gives {-1, +1} with its rounding boundary
+at z = 0, and L=4 gives {-1, -1/3, 1/3, 1} with boundaries at tanh(z) = -2/3, 0, 2/3.
+(The reference code shifts even L by tan(0.5 / half_l) instead: for L=2 the boundary
+sits at z = -1.56 and 94% of unit-scale inputs land on one code, so a [2, 2] latent
+action bottleneck starts collapsed.)
 """
 
 from typing import Sequence
@@ -14,7 +19,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
 _EPS = 1e-3
 
@@ -36,19 +40,19 @@ def _basis(levels: Sequence[int]) -> jnp.ndarray:
   return jnp.asarray(np.concatenate([[1], np.cumprod(levels[:-1])]), dtype=jnp.int32)
 
 
-def bound(z: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray:
-  """Squashes z[..., d] so that rounding gives exactly L_j integer values per channel.
+def _half_span(levels: Sequence[int]) -> jnp.ndarray:
+  """(L - 1) / 2 per channel: digits are d in [0, L), codes (d - half_span) / half_span."""
+  return (_levels_array(levels).astype(jnp.float32) - 1.0) / 2.0
 
-  As in the FSQ reference code: half_l = (L - 1)(1 - eps) / 2, shift = tan(offset / half_l).
-  (With arctanh instead of tan, an L=2 channel starts saturated at z=0, its gradient
-  ~0.002, and a [2, 2] latent action bottleneck collapses onto one code.)
+
+def bound(z: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray:
+  """Squashes z[..., d] into (0, L_j - 1): rounding gives exactly L_j digits, symmetric in z.
+
+  digit = round(bound(z)); the boundaries between digits are symmetric about z = 0, and
+  at z = 0 the gradient is (L - 1) / 2 * (1 - eps) for every L.
   """
-  levels_f = _levels_array(levels).astype(jnp.float32)
-  half_l = (levels_f - 1.0) * (1.0 - _EPS) / 2.0
-  offset = jnp.where(levels_f % 2 == 0, 0.5, 0.0)
-  shift = jnp.tan(offset / half_l)
-  z = z.astype(jnp.float32)
-  return jnp.tanh(z + shift) * half_l - offset
+  half = _half_span(levels)
+  return jnp.tanh(z.astype(jnp.float32)) * half * (1.0 - _EPS) + half
 
 
 def round_ste(x: jnp.ndarray) -> jnp.ndarray:
@@ -60,14 +64,14 @@ def quantize(z: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray:
   """Continuous z[..., d] -> codes[..., d] in [-1, 1] with straight-through gradients."""
   if z.shape[-1] != len(levels):
     raise ValueError(f"FSQ input has {z.shape[-1]} channels but {len(levels)} levels")
-  half_width = (_levels_array(levels) // 2).astype(jnp.float32)
-  return round_ste(bound(z, levels)) / half_width
+  half = _half_span(levels)
+  return (round_ste(bound(z, levels)) - half) / half
 
 
 def codes_to_indices(codes: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray:
   """codes[..., d] in [-1, 1] -> integer indices[...] in [0, prod(levels))."""
-  half_width = (_levels_array(levels) // 2).astype(jnp.float32)
-  digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
+  half = _half_span(levels)
+  digits = jnp.round(codes.astype(jnp.float32) * half + half).astype(jnp.int32)
   return jnp.sum(digits * _basis(levels), axis=-1)
 
 
@@ -75,20 +79,10 @@ def indices_to_codes(indices: jnp.ndarray, levels: Sequence[int]) -> jnp.ndarray
   """indices[...] -> codes[..., d]; the inverse of `codes_to_indices`."""
   levels_i = _levels_array(levels)
   digits = (indices[..., None].astype(jnp.int32) // _basis(levels)) % levels_i
-  half_width = (levels_i // 2).astype(jnp.float32)
-  return (digits.astype(jnp.float32) - half_width) / half_width
+  half = _half_span(levels)
+  return (digits.astype(jnp.float32) - half) / half
 
 
 def all_codes(levels: Sequence[int]) -> jnp.ndarray:
   """The whole implicit codebook, [prod(levels), d], in index order."""
   return indices_to_codes(jnp.arange(codebook_size(levels)), levels)
-
-
-class FSQ(nn.Module):
-  """Parameter-free Flax wrapper: returns (codes[..., d], indices[...])."""
-
-  levels: Sequence[int]
-
-  def __call__(self, z: jnp.ndarray):
-    codes = quantize(z, self.levels)
-    return codes, codes_to_indices(codes, self.levels)

@@ -11,7 +11,8 @@ learn nothing (Sec 3). Two variants, chosen by config:
   L = ||z - z_hat||^2 + beta * sum_i KL[q(a_t^i) || p(a_t^i)].
 
 Both return a dict with `actions` [B, K, A] and `kl` [B] (zeros for FSQ) so the
-loss can always add `beta * kl`; FSQ also returns `indices` [B, K].
+loss can always add `beta * kl`; FSQ also returns `indices` [B, K] and the soft code
+assignment `code_log_probs` [B, K, C] for the entropy regulariser (`code_entropy_loss`).
 """
 
 from typing import Optional, Sequence, Tuple
@@ -31,10 +32,13 @@ class FSQActionBottleneck(nn.Module):
 
   levels: Sequence[int] = (2, 2)
   dtype: jnp.dtype = jnp.float32
+  # Temperature of the soft code assignment, in squared digit distances.
+  soft_temperature: float = 0.1
 
   @nn.compact
   def __call__(self, features_bkd: jnp.ndarray, *, deterministic: bool = True) -> dict:
-    """Returns dict(actions=[B,K,len(levels)] codes in [-1,1], indices=int32 [B,K], kl=zeros [B]).
+    """Returns dict(actions=[B,K,len(levels)] codes in [-1,1], indices=int32 [B,K], kl=zeros [B],
+    code_log_probs=[B,K,C] soft assignment of the pre-quantisation value to the C codes).
 
     `deterministic` is accepted for interface parity with the Gaussian bottleneck;
     FSQ is deterministic.
@@ -42,11 +46,54 @@ class FSQActionBottleneck(nn.Module):
     del deterministic
     chex.assert_rank(features_bkd, 3)
     b, k, _ = features_bkd.shape
-    z_bkl = nn.Dense(len(self.levels), dtype=self.dtype, name="proj")(features_bkd)
-    codes_bkl = fsq.quantize(z_bkl.astype(jnp.float32), self.levels)
+    # z = LN(x) . w / |w|, without a bias or a learnable scale: |z| stays ~1 whatever the
+    # optimiser does to w, so no channel can saturate onto one code by a drift of its bias
+    # or its weight norm (Adam moves both at the learning rate per step, and with a plain
+    # Dense the [2, 2] actions saturated within ~50 steps). Codes can only become
+    # constant if the IDM features themselves stop depending on the video.
+    x_bkd = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
+                         name="ln")(features_bkd.astype(jnp.float32))
+    kernel_dl = self.param("proj", nn.initializers.normal(1.0),
+                           (x_bkd.shape[-1], len(self.levels)), jnp.float32)
+    kernel_dl = kernel_dl / jnp.linalg.norm(kernel_dl, axis=0, keepdims=True)
+    z_bkl = jnp.einsum("bkd,dl->bkl", x_bkd, kernel_dl)
+    codes_bkl = fsq.quantize(z_bkl, self.levels)
     indices_bk = fsq.codes_to_indices(codes_bkl, self.levels).astype(jnp.int32)
     chex.assert_shape(codes_bkl, (b, k, len(self.levels)))
-    return dict(actions=codes_bkl, indices=indices_bk, kl=jnp.zeros((b,), jnp.float32))
+    return dict(actions=codes_bkl, indices=indices_bk, kl=jnp.zeros((b,), jnp.float32),
+                code_log_probs=soft_code_log_probs(z_bkl, self.levels, self.soft_temperature))
+
+
+def soft_code_log_probs(z: jnp.ndarray, levels: Sequence[int], temperature: float) -> jnp.ndarray:
+  """log q(c | z) [..., prod(levels)]: each channel's bounded value softly assigned to its
+  digits, q_j(d) ~ exp(-(bound(z_j) - d)^2 / temperature), channels independent."""
+  digits_cd = fsq.indices_to_codes(jnp.arange(fsq.codebook_size(levels)), levels)
+  half = (jnp.asarray(levels, jnp.float32) - 1.0) / 2.0
+  digits_cd = jnp.round(digits_cd * half + half).astype(jnp.int32)  # [C, d]
+  u = fsq.bound(z, levels)
+  log_probs = jnp.zeros(z.shape[:-1] + (digits_cd.shape[0],), jnp.float32)
+  for j, level in enumerate(levels):  # Over channels (static, 2-4 in practice).
+    logits = -jnp.square(u[..., j:j + 1] - jnp.arange(level, dtype=jnp.float32)) / temperature
+    log_probs = log_probs + jax.nn.log_softmax(logits, axis=-1)[..., digits_cd[:, j]]
+  return log_probs
+
+
+def code_entropy_loss(code_log_probs_bxc: jnp.ndarray) -> jnp.ndarray:
+  """Minus the entropy of the batch's mean (soft) code distribution: a code-usage penalty.
+
+  The batch half of LFQ's entropy penalty (MAGVIT-v2). Without it a latent action
+  bottleneck learns to emit one code for everything: while the actions carry no
+  information yet, removing them is the quickest way to remove noise from the FDM's
+  input. (The per-sample half, which sharpens each assignment, is left out: rounding
+  already makes codes discrete, and sharpening pushes FSQ channels into saturation.)
+
+  The batch distribution is taken over the leading (batch) axis only, separately for
+  every other index (transition, entity) and averaged: over all slots and time steps at
+  once, a code that depends only on the slot or on t (not on the video) would satisfy it.
+  code_log_probs_bxc: [B, ..., C]. Minimum: -log C.
+  """
+  mean_p = jnp.mean(jnp.exp(code_log_probs_bxc), axis=0)  # [..., C]
+  return jnp.mean(jnp.sum(mean_p * jnp.log(mean_p + 1e-10), axis=-1))
 
 
 def gaussian_kl(mean: jnp.ndarray, log_var: jnp.ndarray) -> jnp.ndarray:
@@ -127,12 +174,3 @@ def make_action_bottleneck(kind: str,
     return GaussianActionBottleneck(latent_dim=int(latent_dim), dtype=dtype, name=name)
   raise ValueError(f"unknown action bottleneck kind {kind!r}; valid kinds: {BOTTLENECK_KINDS}")
 
-
-def action_dim(kind: str, *, levels: Sequence[int] = (2, 2),
-               latent_dim: Optional[int] = None) -> int:
-  """Width A of the actions a bottleneck of this kind emits."""
-  if kind == "fsq":
-    return len(levels)
-  if kind == "gaussian":
-    return int(latent_dim)
-  raise ValueError(f"unknown action bottleneck kind {kind!r}; valid kinds: {BOTTLENECK_KINDS}")

@@ -153,7 +153,11 @@ class Factorizer(nn.Module):
     # Token encoding, applied to all frames at once.
     x_btnd = nn.Dense(self.slot_dim, dtype=self.dtype, name="input_proj")(
         features_btnd)
-    pos_nd = self.param("pos_embedding", nn.initializers.normal(0.02),
+    # Unit-scale positions: slots must know WHERE a patch is, not only what it shows (two
+    # frames of the same agents differ only in positions). At 0.02, the usual scale for
+    # transformer tokens, the slots of different videos were nearly identical at init and
+    # the latent actions collapsed to codes that depended on t and the slot only.
+    pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
                         (num_patches, self.slot_dim), jnp.float32)
     x_btnd = x_btnd.astype(jnp.float32) + pos_nd
     x_btnd = MLP(mlp_dim, dtype=self.dtype, name="input_mlp")(

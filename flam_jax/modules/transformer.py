@@ -1,8 +1,9 @@
 """Pre-LayerNorm transformer building blocks shared by the factorizer, IDM, FDM and aggregator.
 
 All blocks take `dtype` (the compute dtype, e.g. bfloat16) and keep parameters in
-float32 (`param_dtype`), so mixed precision is one config switch. LayerNorms and
-softmaxes run in float32 for stability.
+float32 (flax's default `param_dtype`), so mixed precision is one config switch.
+LayerNorms run in float32; attention logits and their softmax run in the compute dtype
+(flax's `force_fp32_for_softmax` is not set), as do the Dense layers.
 """
 
 from typing import Optional, Type

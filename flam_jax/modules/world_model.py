@@ -16,6 +16,13 @@ parameters; entities are folded into the batch). Multi-step training (Table 4): 
 each start t in [0, T-P), the FDM predicts entities t+1..t+P from its own previous
 prediction, with actions inferred from ground-truth frames; one `nn.scan` over the P
 steps, all starts in parallel.
+
+With `aggregator_residual` the aggregator predicts frame t+j as a change of the start
+frame t (the later version's residual, z_hat = z_t + Aggregator(s_hat)): classification
+sees the start frame's token at each patch, regression adds its output to the start
+frame's features. Copying the start frame is then the model's easy default, and the
+slots and latent actions are needed only for what moves. The anchor is the start frame
+of the rollout in training and in evaluation alike (no teacher forcing across steps).
 """
 
 from typing import Optional, Sequence
@@ -30,6 +37,7 @@ from flam_jax.modules import aggregator as aggregator_lib
 from flam_jax.modules import latent_action
 from flam_jax.modules.dynamics import ForwardDynamics, InverseDynamics, SceneActionPool
 from flam_jax.modules.slot_attention import Factorizer
+from flam_jax.modules.slot_decoder import SpatialBroadcastDecoder
 
 VARIANTS = ("flam", "lam", "oc_lam", "wm")
 FACTORED_ENTITIES = ("flam", "oc_lam")   # Entities are slots.
@@ -52,11 +60,12 @@ class _FDMStep(nn.Module):
   num_heads: int
   dtype: jnp.dtype
   remat: bool = False
+  additive_actions: bool = False
 
   @nn.compact
   def __call__(self, entities_bkd, actions_bka):
     nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat,
-                          name="fdm")(
+                          additive_actions=self.additive_actions, name="fdm")(
         entities_bkd, actions_bka)
     return nxt, nxt
 
@@ -88,6 +97,13 @@ class LatentActionWorldModel(nn.Module):
   subtoken_sizes: Sequence[int] = (32, 32)
   aggregator_blocks: int = 2
   feature_dim: int = 128
+  aggregator_residual: bool = False
+  aggregator_context_dropout: float = 0.0  # Classification; see ClassificationAggregator.
+  # Slot variants: also reconstruct each frame's features from its own slots through a
+  # spatial-broadcast decoder with alpha masks (binding, see slot_decoder.py).
+  slot_reconstruction: bool = False
+  # FDM: also add each entity's embedded action to its stream before every block.
+  fdm_additive_actions: bool = False
   dtype: jnp.dtype = jnp.float32
   # Rematerialise the IDM, FDM and aggregator blocks: their attention weights over N
   # patch entities ([.., heads, N, N] per rollout step) dominate LAM's memory.
@@ -97,6 +113,9 @@ class LatentActionWorldModel(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown variant {self.variant!r}; use one of {VARIANTS}")
     if self.variant in FACTORED_ENTITIES:
+      if self.slot_reconstruction:
+        self.slot_decoder = SpatialBroadcastDecoder(
+            num_patches=self.num_patches, feature_dim=self.feature_dim, dtype=self.dtype)
       self.factorizer = Factorizer(
           num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
           recursive_init=self.recursive_init, temporal_attention=self.temporal_attention,
@@ -115,12 +134,14 @@ class LatentActionWorldModel(nn.Module):
           dtype=self.dtype)
     self.fdm_scan = nn.scan(
         _FDMStep, variable_broadcast="params", split_rngs={"params": False},
-        in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype, self.remat)
+        in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype, self.remat,
+                               self.fdm_additive_actions)
     if self.aggregator_mode == "classification":
       self.aggregator = aggregator_lib.ClassificationAggregator(
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
           d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
-          dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat)
+          dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat,
+          context_dropout=self.aggregator_context_dropout)
     elif self.aggregator_mode == "regression":
       self.aggregator = aggregator_lib.RegressionAggregator(
           num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
@@ -155,12 +176,17 @@ class LatentActionWorldModel(nn.Module):
     return tokens + self.token_pos[None, None], None
 
   def infer_actions(self, entities_btkd, gt_actions_btm=None, *, deterministic: bool = True):
-    """Actions for the T-1 transitions: dict(actions [B, T-1, K' or 1, A], indices, kl [B])."""
+    """Actions for the T-1 transitions: dict(actions [B, T-1, K' or 1, A], indices, kl [B]).
+
+    kl: sum over entities and latent dims of KL[q(a_t^i) || N(0, I)] (the later
+    version's sum_i KL), averaged over the T-1 transitions.
+    """
     b, t, k, d = entities_btkd.shape
     if self.variant == "wm":
       onehot = jax.nn.one_hot(gt_actions_btm, self.num_agent_actions, dtype=jnp.float32)
       actions = onehot.reshape(b, t - 1, 1, self.num_agents * self.num_agent_actions)
-      return dict(actions=actions, indices=None, kl=jnp.zeros((b,), jnp.float32))
+      return dict(actions=actions, indices=None, kl=jnp.zeros((b,), jnp.float32),
+                  code_log_probs=None)
     current = entities_btkd[:, :-1].reshape(b * (t - 1), k, d)
     following = entities_btkd[:, 1:].reshape(b * (t - 1), k, d)
     features = self.idm(current, following)  # [B*(T-1), K, D]
@@ -171,22 +197,62 @@ class LatentActionWorldModel(nn.Module):
     return dict(
         actions=out["actions"].reshape(b, t - 1, k_out, -1),
         indices=None if out.get("indices") is None else out["indices"].reshape(b, t - 1, k_out),
-        kl=out["kl"].reshape(b, t - 1).sum(axis=1))
+        code_log_probs=None if out.get("code_log_probs") is None else out[
+            "code_log_probs"].reshape(b, t - 1, k_out, -1),
+        kl=out["kl"].reshape(b, t - 1).mean(axis=1))  # sum_i KL of one transition, averaged.
 
   def rollout(self, entities_0_bkd, actions_bpka):
     """FDM rolled P steps on its own predictions: [B, K, D], [B, P, K|1, A] -> [B, P, K, D]."""
     _, predicted_bpkd = self.fdm_scan(entities_0_bkd, actions_bpka)
     return predicted_bpkd
 
-  def aggregate(self, entities_mkd, target_tokens_mn=None):
-    """Classification: logits (teacher-forced on the targets); regression: features [M, N, F]."""
-    if self.aggregator_mode == "classification":
-      return self.aggregator(entities_mkd, target_tokens_mn)
-    return self.aggregator(entities_mkd)
+  def aggregate(self, entities_mkd, target_tokens_mn=None, anchor=None,
+                deterministic: bool = True):
+    """Classification: logits (teacher-forced on the targets); regression: features [M, N, F].
 
-  def decode_tokens(self, entities_mkd, use_cache: bool = True):
+    anchor: the start frame, tokens [M, N] (classification) or features [M, N, F]
+    (regression); used only with `aggregator_residual`.
+    """
+    anchor = anchor if self.aggregator_residual else None
+    if self.aggregator_mode == "classification":
+      return self.aggregator(entities_mkd, target_tokens_mn, anchor, deterministic)
+    return self.aggregator(entities_mkd, anchor)
+
+  def decode_tokens(self, entities_mkd, anchor_tokens_mn=None, use_cache: bool = True):
     """Greedy autoregressive token prediction (classification mode): [M, N] indices."""
-    return self.aggregator.decode(entities_mkd, use_cache=use_cache)[0]
+    anchor = anchor_tokens_mn if self.aggregator_residual else None
+    return self.aggregator.decode(entities_mkd, anchor, use_cache=use_cache)[0]
+
+  def predict(self, entities_btkd, actions_btka, features_btnd, tokens_btn, *,
+              prediction_steps: int, deterministic: bool = True):
+    """Multi-step predictions of every start s in [0, T-P) under the given actions.
+
+    entities [B, T, K', D], actions [B, T-1, K'|1, A] (inferred, or others for the
+    action-gain diagnostic), features [B, T, N, Dz], tokens [B, T, N]. Returns
+    dict(prediction (logits or features), targets [M, N], target_features [M, N, Dz],
+    anchor_tokens [M, N]) with M = B*S*P rows ordered (b, s, p).
+    """
+    b, t, n, _ = features_btnd.shape
+    k, d = entities_btkd.shape[2:]
+    idx_ps = rollout_indices(t, prediction_steps)  # [P, S]: transition s + j.
+    p, s = idx_ps.shape
+    start_bskd = entities_btkd[:, :s]
+    actions_bpsma = actions_btka[:, idx_ps]  # [B, P, S, K'|1, A]
+    actions_bs_p = jnp.moveaxis(actions_bpsma, 2, 1).reshape((b * s, p) + actions_bpsma.shape[3:])
+    predicted = self.rollout(start_bskd.reshape(b * s, k, d), actions_bs_p)  # [B*S, P, K, D]
+    predicted_mkd = predicted.reshape(b * s * p, k, d)
+    targets_mn = jnp.moveaxis(tokens_btn[:, idx_ps + 1], 2, 1).reshape(b * s * p, n)
+    # The start frame of each prediction (row order b, s, p like the targets).
+    anchor_tokens_mn = jnp.repeat(tokens_btn[:, :s].reshape(b * s, n), p, axis=0)
+    if self.aggregator_mode == "classification":
+      anchor = anchor_tokens_mn
+    else:
+      anchor = jnp.repeat(features_btnd[:, :s].reshape(b * s, n, -1), p, axis=0)
+    return dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor, deterministic),
+                targets=targets_mn,
+                anchor_tokens=anchor_tokens_mn, predicted_entities=predicted_mkd,
+                target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
+                    b * s * p, n, -1), num_starts=s)
 
   def __call__(self, features_btnd, tokens_btn, gt_actions_btm=None, *,
                prediction_steps: int, deterministic: bool = True):
@@ -200,21 +266,15 @@ class LatentActionWorldModel(nn.Module):
     entities_btkd, masks_btkn = self.entities(features_btnd)
     k, d = entities_btkd.shape[2:]
     acts = self.infer_actions(entities_btkd, gt_actions_btm, deterministic=deterministic)
-
-    idx_ps = rollout_indices(t, prediction_steps)  # [P, S]: transition s + j.
-    p, s = idx_ps.shape
-    start_bskd = entities_btkd[:, :s]
-    actions_bpsma = acts["actions"][:, idx_ps]  # [B, P, S, K'|1, A]
-    actions_bs_p = jnp.moveaxis(actions_bpsma, 2, 1).reshape((b * s, p) + actions_bpsma.shape[3:])
-    predicted = self.rollout(start_bskd.reshape(b * s, k, d), actions_bs_p)  # [B*S, P, K, D]
-    predicted_mkd = predicted.reshape(b * s * p, k, d)
-    targets_bpsn = tokens_btn[:, idx_ps + 1]  # [B, P, S, N]
-    targets_mn = jnp.moveaxis(targets_bpsn, 2, 1).reshape(b * s * p, n)
-    out = dict(prediction=self.aggregate(predicted_mkd, targets_mn), targets=targets_mn,
-               target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
-                   b * s * p, n, -1),
-               kl=acts["kl"], action_indices=acts["indices"], entities=entities_btkd,
-               masks=masks_btkn, num_starts=s)
+    out = self.predict(entities_btkd, acts["actions"], features_btnd, tokens_btn,
+                       prediction_steps=prediction_steps, deterministic=deterministic)
+    out.update(kl=acts["kl"], action_indices=acts["indices"], actions=acts["actions"],
+               action_code_log_probs=acts.get("code_log_probs"),
+               entities=entities_btkd, masks=masks_btkn)
+    if self.slot_reconstruction and self.variant in FACTORED_ENTITIES:
+      recon_mnf, alpha_mkn = self.slot_decoder(entities_btkd.reshape(b * t, k, d))
+      out["slot_reconstruction"] = recon_mnf.reshape(b, t, n, -1)
+      out["slot_alpha"] = alpha_mkn.reshape(b, t, k, n)
     if self.variant == "oc_lam":
       # Object-centric reconstruction: the slots of frame t must explain frame t's tokens.
       out["reconstruction"] = self.aggregate(entities_btkd.reshape(b * t, k, d),

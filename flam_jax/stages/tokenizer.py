@@ -1,40 +1,13 @@
 """Stage 1 (Sec 4.1): train the FSQ VQ-VAE on frames with the reconstruction loss (Eq. 1)."""
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import ConfigDict
 
-from flam_jax.errors import ConfigError
 from flam_jax.lib import images, metrics
-from flam_jax.modules.tokenizer import KINDS, Tokenizer, reconstruction_loss
+from flam_jax.lib.models import make_tokenizer
+from flam_jax.modules.tokenizer import reconstruction_loss
 
 NUM_PICTURE_FRAMES = 8
-
-
-def compute_dtype(config: ConfigDict):
-  names = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.compute_dtype not in names:
-    raise ConfigError(f"config.compute_dtype={config.compute_dtype!r} is not one of "
-                      f"{sorted(names)}; set --config.compute_dtype=float32 or bfloat16")
-  return names[config.compute_dtype]
-
-
-def make_tokenizer(config: ConfigDict) -> Tokenizer:
-  """The tokenizer declared by `config.tokenizer`, checked against `config.data.image_size`."""
-  tok = config.tokenizer
-  kind = tok.get("kind", "impala")  # Configs saved before the key existed: IMPALA.
-  if kind not in KINDS:
-    raise ConfigError(f"config.tokenizer.kind={kind!r} is not one of {KINDS}; set "
-                      "--config.tokenizer.kind accordingly")
-  stride = 2 ** len(tok.encoder_channels)
-  if config.data.image_size % stride:
-    raise ConfigError(
-        f"config.data.image_size={config.data.image_size} is not divisible by the tokenizer "
-        f"stride {stride} (2^len(tokenizer.encoder_channels)); use a multiple of {stride}")
-  return Tokenizer(encoder_channels=tuple(tok.encoder_channels), z_channels=tok.z_channels,
-                   codebook_dim=tok.codebook_dim, levels=tuple(tok.levels),
-                   dtype=compute_dtype(config), kind=kind)
 
 
 def frames_to_float(frames_uint8):

@@ -1,0 +1,174 @@
+"""Evaluation from the command line, and train.py's `eval` stage.
+
+    python train.py --config=<same config> --workdir=W --config.stage=eval
+    flam-eval --workdir=W [--steps=2000,4000] [--workdirs=W2,W3]
+    python -m flam_jax.evaluate --workdir=W ...      (the same)
+
+Loads the run(s) (`flam_jax.lib.loading`), evaluates them on a split with
+`flam_jax.lib.evaluator` (one jit-compiled vmap for several checkpoints or seeds),
+prints a markdown table and writes <workdir>/eval/metrics.json. Metric definitions:
+`flam_jax/lib/eval_step.py`, `flam_jax/lib/probe.py`, `flam_jax/lib/metrics.py`.
+"""
+
+import json
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import jax
+from ml_collections import ConfigDict
+
+from flam_jax import cli
+from flam_jax.data import pipeline, records
+from flam_jax.errors import ConfigError, DataError
+from flam_jax.lib import eval_step, loading, sharding
+from flam_jax.lib.evaluator import (DATA_FIELDS, EVAL_DEFAULTS, Evaluator, dataset_batches,
+                                    eval_settings)
+
+
+
+def _split_list(value) -> List[str]:
+  if isinstance(value, (list, tuple)):
+    return [str(v) for v in value]
+  return [s.strip() for s in str(value or "").split(",") if s.strip()]
+
+
+def _load_runs(workdir: str, settings: Dict[str, Any]):
+  """[(workdir, step, stage, params)] for the latest or listed steps of each workdir."""
+  runs = []
+  try:
+    steps = [int(s) for s in _split_list(settings["steps"])] or [None]
+  except ValueError as e:
+    raise ConfigError(f"config.eval.steps={settings['steps']!r} is not a comma-separated list "
+                      "of checkpoint steps, e.g. '2000,4000'") from e
+  workdirs = [workdir] + _split_list(settings["workdirs"])
+  for wd in workdirs:
+    for step in steps:
+      stage, params, real_step = loading.load_trained(wd, step)
+      runs.append((os.path.abspath(wd), int(real_step), stage, params))
+  spec = eval_step.EvalSpec.from_stage(runs[0][2])
+  for wd, step, stage, _ in runs[1:]:
+    if eval_step.EvalSpec.from_stage(stage) != spec:
+      raise ConfigError(f"{wd} step {step} has another model config than {runs[0][0]}; a sweep "
+                        "evaluates checkpoints or seeds of one config only")
+  return runs
+
+
+def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str:
+  """A markdown table: one row per metric (per rollout step t for the per-step ones)."""
+  def fmt(v, digits=3):
+    return "n/a" if v is None else f"{v:.{digits}f}"
+  rows = [("windows", [str(r["num_windows"]) for r in results])]
+  p = results[0]["prediction_steps"]
+  labels = dict(psnr_t="PSNR", ssim_t="SSIM", delta_psnr_t="Delta PSNR",
+                psnr_random_t="PSNR (random actions)", token_accuracy_t="token accuracy",
+                copy_psnr_t="PSNR of copy (no change)",
+                copy_token_accuracy_t="token accuracy of copy")
+  for key, label in labels.items():
+    for t in range(p):
+      rows.append((f"{label} t={t + 1}",
+                   [fmt(r[key][t] if r[key] is not None else None) for r in results]))
+  for key, label in [("psnr_mean", "PSNR mean over t"), ("delta_psnr_mean", "Delta PSNR mean"),
+                     ("tokenizer_psnr", "tokenizer PSNR (ceiling)"), ("ari_fg", "ARI-FG"),
+                     ("disentanglement", "slot-agent disentanglement"),
+                     ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority")]:
+    rows.append((label, [fmt(r[key]) for r in results]))
+  lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
+  return "\n".join(lines)
+
+
+def check_ground_truth(meta: Dict[str, Any], data_dir: str) -> None:
+  """DataError unless the dataset has the masks and actions the evaluation step reads.
+
+  A guard until the metrics that need them (ARI-FG, disentanglement, the probe) can be
+  skipped one by one: action-free imported video trains, but is not evaluated here.
+  """
+  missing = [f for f in DATA_FIELDS[1:] if f not in records.ground_truth(meta)]
+  if missing:
+    raise DataError(f"{data_dir} has no ground-truth {' and '.join(missing)} (its metadata "
+                    f"lists {records.ground_truth(meta) or 'none'}), which this evaluation "
+                    "needs for ARI-FG, disentanglement and the probe; evaluate on a dataset "
+                    "that has them (Multigrid, or import npz episodes with masks and actions)")
+
+
+def evaluate_workdir(workdir: str, settings: Dict[str, Any],
+                     run_config: Optional[ConfigDict] = None) -> Dict[str, Any]:
+  """Evaluates the run(s) named by `settings` and writes <workdir>/eval/metrics.json."""
+  sharding.maybe_initialize_distributed()
+  runs = _load_runs(workdir, settings)
+  stage = runs[0][2]
+  config = stage.config
+  data_dir = ""
+  if run_config is not None and run_config.data.dir and os.path.isdir(run_config.data.dir):
+    data_dir = run_config.data.dir
+  data_dir = data_dir or config.data.dir
+  window_length = config.data.window_length
+  meta = pipeline.load_metadata(data_dir)
+  check_ground_truth(meta, data_dir)
+  pipeline.validate(meta, image_size=config.data.image_size, window_length=window_length,
+                    num_agents=stage.num_agents)
+  mesh_config = run_config if run_config is not None else config
+  mesh = sharding.make_mesh(mesh_config.mesh.model_axis_size)
+  batch_size = int(settings["batch_size"] or mesh_config.batch_size)
+  stride = int(settings["window_stride"] or config.data.window_stride)
+  batches = dataset_batches(data_dir, settings["split"], window_length=window_length,
+                            batch_size=batch_size, window_stride=stride,
+                            max_batches=int(settings["max_batches"]), mesh=mesh)
+  evaluator = Evaluator(stage, mesh, seed=int(settings["seed"]),
+                        probe_steps=int(settings["probe_steps"]))
+  if len(runs) == 1:
+    results = [evaluator.evaluate(runs[0][3], batches, runs[0][2].tokenizer_params)]
+  else:
+    results = evaluator.evaluate_sweep([r[3] for r in runs], batches,
+                                       [r[2].tokenizer_params for r in runs])
+  for (wd, step, _, _), result in zip(runs, results):
+    result.update(workdir=wd, step=step, split=settings["split"], data_dir=data_dir)
+  names = [f"step {r[1]}" if len({x[0] for x in runs}) == 1 else f"{os.path.basename(r[0])}@{r[1]}"
+           for r in runs]
+  table = format_table(results, names)
+  summary = dict(results[0]) if len(results) == 1 else dict(runs=results)
+  out_path = os.path.join(os.path.abspath(workdir), "eval", "metrics.json")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    tmp = out_path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(summary, f, indent=2)
+    os.replace(tmp, out_path)
+    print(f"\nEvaluation of {config.lam.variant} on {data_dir} ({settings['split']}):\n")
+    print(table)
+    print(f"\n  metrics: {out_path}", flush=True)
+  return dict(summary, table=table, metrics_path=out_path, preempted=False)
+
+
+def run_evaluation(config: ConfigDict, workdir: str) -> Dict[str, Any]:
+  """The `eval` stage of train.py: evaluates the latent action model trained in `workdir`.
+
+  Reads the optional config.eval section (defaults in EVAL_DEFAULTS), prints a
+  markdown table, writes <workdir>/eval/metrics.json and returns its dict (plus
+  table, metrics_path and preempted=False).
+  """
+  return evaluate_workdir(workdir, eval_settings(config), run_config=config)
+
+
+def main(argv):
+  del argv
+  f = cli.FLAGS
+  settings = {key: getattr(f, key) for key in EVAL_DEFAULTS}
+  evaluate_workdir(f.workdir, settings)
+
+
+def define_flags() -> None:
+  """The CLI's flags (every config.eval key); defined only when run as a program."""
+  cli.define_workdir_flag("Workdir of a trained run (with lam/checkpoints).")
+  for key, default in EVAL_DEFAULTS.items():
+    {str: cli.flags.DEFINE_string, int: cli.flags.DEFINE_integer}[type(default)](
+        key, default, f"eval.{key} (see flam_jax/lib/evaluator.py EVAL_DEFAULTS)")
+
+
+def run() -> None:
+  """Console entry point `flam-eval`."""
+  cli.run(main, define_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,208 @@
+"""The jit-compiled evaluation step: per-example metrics of one batch of test windows.
+
+    frames --encode--> tokens --entities/IDM (deterministic)--> latent actions
+    predict P = lam.prediction_steps steps from frame 0 with
+      (a) the actions inferred from the ground-truth frames, and
+      (b) random actions (`rollout.sample_actions`)
+    -> pixels -> PSNR_t, SSIM_t of (a), Delta_t PSNR = PSNR_t(a) - PSNR_t(b) (Sec 5.6)
+
+plus the tokenizer's reconstruction PSNR (a ceiling, Sec 5.3), the "copy" baseline that
+predicts no change, ARI-FG and slot-agent disentanglement of the slot masks (slot
+variants), and (latent action, ground-truth action) pairs for the probe (`probe.py`).
+Everything goes through the rollout API (`flam_jax.lib.rollout`); `evaluator.py` drives
+this step over batches and reduces its outputs.
+"""
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from flam_jax.data import records
+from flam_jax.lib import metrics, rollout, variants
+from flam_jax.modules.tokenizer import Tokenizer
+from flam_jax.modules.world_model import LatentActionWorldModel
+
+IGNORE_IDS = (records.FLOOR_ID, records.WALL_ID)  # ARI-FG: agents only.
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+  """Everything static about one evaluation (hashable: the jit cache key)."""
+
+  model: LatentActionWorldModel
+  tokenizer: Tokenizer
+  grid: Tuple[int, int]
+  num_agents: int
+  prediction_steps: int
+
+  @classmethod
+  def from_stage(cls, loaded) -> "EvalSpec":
+    """From a `models.LoadedWorldModel` (or a lam stage, which has the same attributes)."""
+    return cls(model=loaded.model, tokenizer=loaded.tokenizer, grid=tuple(loaded.grid),
+               num_agents=int(loaded.num_agents),
+               prediction_steps=int(loaded.config.lam.prediction_steps))
+
+  @property
+  def variant(self) -> str:
+    return self.model.variant
+
+  @property
+  def variant_spec(self) -> variants.VariantSpec:
+    return variants.variant_spec(self.variant)
+
+
+def prediction_metrics(target_bpHWc, inferred_bpHWc, random_bpHWc) -> Dict[str, jax.Array]:
+  """PSNR_t, SSIM_t of rollouts under inferred actions, and Delta_t PSNR (Sec 5.6), [B, P] each.
+
+  Delta_t PSNR = PSNR_t(x_t, x_hat_t) - PSNR_t(x_t, x_hat'_t): x_hat from actions
+  inferred from ground-truth frames, x_hat' from random actions.
+  """
+  chex.assert_equal_shape([target_bpHWc, inferred_bpHWc, random_bpHWc])
+  psnr_bp = metrics.psnr(target_bpHWc, inferred_bpHWc)
+  psnr_random_bp = metrics.psnr(target_bpHWc, random_bpHWc)
+  return dict(psnr_t=psnr_bp, ssim_t=metrics.ssim(target_bpHWc, inferred_bpHWc),
+              psnr_random_t=psnr_random_bp, delta_psnr_t=psnr_bp - psnr_random_bp)
+
+
+def _random_actions(spec: EvalSpec, rng, index_b, dtype):
+  """Random actions [B, P, K|1, A] keyed by each window's dataset index (batching-proof)."""
+  units = rollout.num_units(spec.model)
+  keys_b = jax.vmap(lambda i: jax.random.fold_in(rng, i))(index_b)
+  sample = lambda key: rollout.sample_actions(spec.model, key, (1, spec.prediction_steps,
+                                                                units))[0][0]
+  return jax.vmap(sample)(keys_b).astype(dtype)
+
+
+def _reference_metrics(pixels_btHWc, recon_btHWc, tokens_btn, p: int) -> Dict[str, jax.Array]:
+  """The tokenizer's reconstruction PSNR (a ceiling) and the "copy" baseline.
+
+  "Copy" predicts that nothing moves: frame 0's reconstruction and tokens for every t.
+  A world model must beat it to have learned dynamics.
+  """
+  copy_bpHWc = jnp.broadcast_to(recon_btHWc[:, :1], recon_btHWc[:, 1:p + 1].shape)
+  return dict(
+      tokenizer_psnr=jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1),
+      copy_psnr_t=metrics.psnr(pixels_btHWc[:, 1:p + 1], copy_bpHWc),
+      copy_token_accuracy_t=jnp.mean(
+          (tokens_btn[:, :1] == tokens_btn[:, 1:p + 1]).astype(jnp.float32), axis=-1))
+
+
+def _slot_metrics(spec: EvalSpec, masks_btkn, entity_ids_btHW) -> Dict[str, jax.Array]:
+  """ARI-FG of the slot masks and slot-agent disentanglement (slot variants)."""
+  b, t, height, width = entity_ids_btHW.shape
+  k, n = masks_btkn.shape[2:]
+  slot_ids_btn = jnp.argmax(masks_btkn, axis=2)  # Each patch's slot; pixels inherit it.
+  ari = metrics.patch_adjusted_rand_index(
+      entity_ids_btHW.reshape(b * t, height, width), slot_ids_btn.reshape(b * t, n),
+      grid=spec.grid, num_true=records.FIRST_AGENT_ID + spec.num_agents, num_pred=k,
+      ignore_ids=IGNORE_IDS)
+  dis = metrics.slot_agent_disentanglement(masks_btkn, entity_ids_btHW, grid=spec.grid,
+                                           num_agents=spec.num_agents,
+                                           first_agent_id=records.FIRST_AGENT_ID)
+  return dict(ari_fg=jnp.mean(ari.reshape(b, t), axis=1), disentangle_sum=dis["score_sum"],
+              disentangle_count=dis["num_moving"], matched_slot=dis["matched_slot"])
+
+
+def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta):
+  """Per-agent (latent action, code, ground-truth action) pairs for the probe."""
+  actions_btka = acts["actions"]
+  b, t1 = actions_btka.shape[:2]
+  indices = acts["indices"]
+  codes_btk = (jnp.full(actions_btka.shape[:3], -1, jnp.int32) if indices is None
+               else indices.astype(jnp.int32))
+  if spec.variant_spec.action_source == variants.SLOT_ACTIONS:
+    safe = jnp.maximum(matched_slot_bta, 0)  # The latent action of the slot matched to each agent.
+    latent = jnp.take_along_axis(actions_btka, safe[..., None], axis=2)
+    codes = jnp.take_along_axis(codes_btk, safe, axis=2)
+    pair_valid = matched_slot_bta >= 0
+  else:  # One scene action for all agents.
+    shape = (b, t1, spec.num_agents)
+    latent = jnp.broadcast_to(actions_btka, shape + actions_btka.shape[-1:])
+    codes = jnp.broadcast_to(codes_btk, shape)
+    pair_valid = jnp.ones(shape, bool)
+  return dict(probe_latent=latent.astype(jnp.float32), probe_code=codes,
+              probe_valid=pair_valid, probe_label=gt_actions_bta.astype(jnp.int32))
+
+
+def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array],
+              rng: jax.Array) -> Dict[str, jax.Array]:
+  """Per-example metrics of one batch of windows (no reductions over the batch).
+
+  Args:
+    spec: the static model description.
+    state: dict(lam=world model params, tokenizer=frozen tokenizer params,
+      codebook=the tokenizer's codebook [C, Dz] (`models.tokenizer_codebook`)).
+    batch: frames uint8 [B, T, H, W, 3], masks uint8 [B, T, H, W] (entity ids),
+      actions int32 [B, T-1, agents], valid bool [B], episode int32 [B] (for the probe's
+      split), index int32 [B] (the window's position in the dataset).
+    rng: key for the random actions (folded with each window's index).
+
+  Returns:
+    dict of per-example arrays (see `evaluator.summarize` for their reductions).
+  """
+  model, params, tok_params = spec.model, state["lam"], state["tokenizer"]
+  frames = batch["frames"]
+  b, t, height, width, _ = frames.shape
+  p = spec.prediction_steps
+  chex.assert_shape(batch["masks"], (b, t, height, width))
+
+  pixels_btHWc = frames.astype(jnp.float32) / 255.0
+  tokens_btn = rollout.encode(spec.tokenizer, tok_params,
+                              pixels_btHWc.reshape(b * t, height, width, 3)).reshape(b, t, -1)
+  features_btnd = rollout.features(state["codebook"], tokens_btn)
+  n = tokens_btn.shape[-1]
+
+  # Entities, actions inferred from ground-truth frames; both rollouts as one batch of 2B.
+  entities_btkd, masks_btkn = rollout.entities(model, params, features_btnd)
+  acts = rollout.infer_actions(model, params, entities_btkd, batch["actions"])
+  actions_btka = acts["actions"]  # [B, T-1, K|1, A]
+  random_bpka = _random_actions(spec, rng, batch["index"], actions_btka.dtype)
+  start_bkd = entities_btkd[:, 0]
+  pred_tokens, pred_features = rollout.predict(
+      model, params, state["codebook"], jnp.concatenate([start_bkd, start_bkd]),
+      jnp.concatenate([actions_btka[:, :p], random_bpka]),
+      jnp.concatenate([tokens_btn[:, 0], tokens_btn[:, 0]]))  # [2B, P, N(, Dz)]
+
+  # One decoder call for reconstructions and both rollouts.
+  z_all = jnp.concatenate([features_btnd.reshape(b * t, n, -1),
+                           pred_features.reshape(2 * b * p, n, -1).astype(features_btnd.dtype)])
+  decoded = rollout.decode_pixels(spec.tokenizer, tok_params, z_all, spec.grid)
+  recon_btHWc = decoded[:b * t].reshape(b, t, height, width, 3)
+  pred = decoded[b * t:].reshape(2, b, p, height, width, 3)
+
+  out = prediction_metrics(pixels_btHWc[:, 1:p + 1], pred[0], pred[1])
+  out.update(_reference_metrics(pixels_btHWc, recon_btHWc, tokens_btn, p))
+  if pred_tokens is not None:
+    hits = pred_tokens[:b] == tokens_btn[:, 1:p + 1]
+    out["token_accuracy_t"] = jnp.mean(hits.astype(jnp.float32), axis=-1)
+  out["valid"], out["episode"], out["index"] = batch["valid"], batch["episode"], batch["index"]
+
+  matched_slot = None
+  if spec.variant_spec.slot_entities:
+    slots = _slot_metrics(spec, masks_btkn, batch["masks"].astype(jnp.int32))
+    matched_slot = slots.pop("matched_slot")
+    out.update(slots)
+  if spec.variant_spec.latent_actions:
+    out.update(_probe_pairs(spec, acts, matched_slot, batch["actions"]))
+  return out
+
+
+jit_eval_step = jax.jit(eval_step, static_argnums=0)
+
+
+def _sweep_step(spec, states, batch, rng, shared_tokenizer: bool):
+  """eval_step vmapped over stacked world-model params (and tokenizers unless shared).
+
+  A shared tokenizer stays unbatched: its encoder runs once per batch, and the
+  decoder's convolutions keep one kernel (a vmapped kernel becomes a grouped
+  convolution, several times slower on XLA:CPU).
+  """
+  shared = None if shared_tokenizer else 0
+  axes = dict(lam=0, tokenizer=shared, codebook=shared)
+  return jax.vmap(lambda s: eval_step(spec, s, batch, rng), in_axes=(axes,))(states)
+
+
+jit_sweep_step = jax.jit(_sweep_step, static_argnums=(0, 4))

@@ -1,0 +1,70 @@
+"""Trained models from a workdir: the frozen tokenizer and the latent action world model.
+
+    <workdir>/tokenizer/checkpoints   stage 1 (or config.lam.tokenizer_checkpoint)
+    <workdir>/lam/checkpoints         stage 2, with the run's config
+
+Used by the lam stage (its frozen tokenizer), evaluation and generation.
+"""
+
+import os
+from typing import Optional, Tuple
+
+from ml_collections import ConfigDict
+
+from flam_jax.data import pipeline
+from flam_jax.errors import CheckpointError
+from flam_jax.lib import checkpointing, models
+
+
+def tokenizer_checkpoint_dir(config: ConfigDict, workdir: str) -> str:
+  """config.lam.tokenizer_checkpoint (a stage dir or its checkpoints/), or the workdir's."""
+  path = config.lam.tokenizer_checkpoint or os.path.join(workdir, "tokenizer", "checkpoints")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  return os.path.abspath(path)
+
+
+def load_frozen_tokenizer(config: ConfigDict, workdir: str):
+  """(Tokenizer module, params, checkpoint dir, step) of the tokenizer the lam stage builds on."""
+  path = tokenizer_checkpoint_dir(config, workdir)
+  fix = (f"train one with `python train.py --config=<config>:tokenizer --workdir={workdir}` "
+         "or set --config.lam.tokenizer_checkpoint")
+  if not os.path.isdir(path):
+    raise CheckpointError(f"no tokenizer checkpoint at {path}; {fix}")
+  ckpt = checkpointing.Checkpointer(path, async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise CheckpointError(f"no complete tokenizer checkpoint in {path}; {fix}")
+  saved = ckpt.restore_config(step)
+  if saved.get("stage") != "tokenizer":
+    raise CheckpointError(f"{path} holds a {saved.get('stage')!r} checkpoint, not a tokenizer; "
+                          "point --config.lam.tokenizer_checkpoint at a tokenizer stage")
+  checkpointing.check_compatible(saved, config, ("tokenizer", "data.image_size"), path)
+  params = ckpt.restore_params(step)
+  ckpt.close()
+  return models.make_tokenizer(config), params, path, step
+
+
+def load_trained(workdir: str,
+                 step: Optional[int] = None) -> Tuple[models.LoadedWorldModel, dict, int]:
+  """(loaded world model, its params, step) trained in `workdir` (latest step by default).
+
+  The loaded model carries the run's saved config, the frozen tokenizer and its parameters.
+  """
+  workdir = os.path.abspath(workdir)
+  path = os.path.join(workdir, "lam", "checkpoints")
+  ckpt = checkpointing.Checkpointer(path, async_save=False) if os.path.isdir(path) else None
+  step = ckpt.latest_step() if (ckpt and step is None) else step
+  if ckpt is None or step is None:
+    raise CheckpointError(f"no latent action model checkpoint in {path}; train one with "
+                          f"`python train.py --config=<config> --workdir={workdir}`")
+  config = ConfigDict(ckpt.restore_config(step))
+  params = ckpt.restore_params(step)
+  ckpt.close()
+  tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
+  meta = pipeline.load_metadata(config.data.dir)
+  grid = (config.data.image_size // tokenizer.stride,) * 2
+  loaded = models.assemble(config, tokenizer, tokenizer_params, grid=grid,
+                           num_agents=meta["config"].get("num_agents", 0),
+                           num_actions=meta["config"].get("num_actions", 4))
+  return loaded, params, step

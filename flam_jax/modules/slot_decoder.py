@@ -1,0 +1,43 @@
+"""Spatial-broadcast feature decoder with per-slot alpha masks (DINOSAUR, Seitzer et al. 2023).
+
+An auxiliary of the factorizer: each slot s^k is broadcast to the N patches, added to
+a learned positional embedding and decoded by a shared MLP into a feature vector and an
+alpha logit; a softmax over the K slots turns the logits into masks, and the frame's
+tokenizer features are reconstructed as z_hat^n = sum_k alpha_k^n f_k^n. To explain a
+patch, a slot must hold its position and content, and the masks make slots compete for
+patches, so slots bind to objects (FLAM's prediction loss alone rewards binding only
+through what moves, and on Multigrid one slot took the whole frame).
+
+Dimension key: B batch (frames), K slots, N patches, D slot width, F feature width.
+"""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flam_jax.modules.transformer import MLP
+
+
+class SpatialBroadcastDecoder(nn.Module):
+  """slots [B, K, D] -> (features [B, N, F], alpha masks [B, K, N] summing to 1 over K)."""
+
+  num_patches: int
+  feature_dim: int
+  hidden_dim: int = 0  # 0: 2 * D.
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, slots_bkd: jnp.ndarray):
+    chex.assert_rank(slots_bkd, 3)
+    b, k, d = slots_bkd.shape
+    pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
+                        (self.num_patches, d), jnp.float32)
+    x_bknd = slots_bkd[:, :, None, :].astype(jnp.float32) + pos_nd
+    x_bknd = nn.gelu(MLP(self.hidden_dim or 2 * d, dtype=self.dtype, name="mlp")(x_bknd))
+    out_bknf = nn.Dense(self.feature_dim + 1, dtype=self.dtype, name="out")(x_bknd)
+    out_bknf = out_bknf.astype(jnp.float32)
+    alpha_bkn = jax.nn.softmax(out_bknf[..., -1], axis=1)
+    features_bnf = jnp.einsum("bkn,bknf->bnf", alpha_bkn, out_bknf[..., :-1])
+    chex.assert_shape(features_bnf, (b, self.num_patches, self.feature_dim))
+    return features_bnf, alpha_bkn
