@@ -39,6 +39,11 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
 
   config.data = ConfigDict()
   config.data.dir = ""  # Empty: <workdir>/data, generated there if missing (see data.generate).
+  # A TFDS dataset by name (flam_multigrid/agents4, flam_video/<name>, any ArrayRecord TFDS
+  # video or RLDS dataset) in data.tfds_data_dir (empty: ~/tensorflow_datasets), imported once
+  # into data.dir; flam_multigrid names are generated there first (flam_jax/data/tfds_builders.py).
+  config.data.name = ""
+  config.data.tfds_data_dir = ""
   config.data.image_size = 128
   # Frames per example: single frames for the tokenizer, sub-trajectories of 10 (Table 4)
   # for the latent action model.

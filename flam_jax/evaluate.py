@@ -18,10 +18,11 @@ import jax
 from ml_collections import ConfigDict
 
 from flam_jax import cli
-from flam_jax.data import pipeline
-from flam_jax.errors import ConfigError
+from flam_jax.data import pipeline, records
+from flam_jax.errors import ConfigError, DataError
 from flam_jax.lib import eval_step, loading, sharding
-from flam_jax.lib.evaluator import EVAL_DEFAULTS, Evaluator, dataset_batches, eval_settings
+from flam_jax.lib.evaluator import (DATA_FIELDS, EVAL_DEFAULTS, Evaluator, dataset_batches,
+                                    eval_settings)
 
 
 
@@ -76,6 +77,20 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
   return "\n".join(lines)
 
 
+def check_ground_truth(meta: Dict[str, Any], data_dir: str) -> None:
+  """DataError unless the dataset has the masks and actions the evaluation step reads.
+
+  A guard until the metrics that need them (ARI-FG, disentanglement, the probe) can be
+  skipped one by one: action-free imported video trains, but is not evaluated here.
+  """
+  missing = [f for f in DATA_FIELDS[1:] if f not in records.ground_truth(meta)]
+  if missing:
+    raise DataError(f"{data_dir} has no ground-truth {' and '.join(missing)} (its metadata "
+                    f"lists {records.ground_truth(meta) or 'none'}), which this evaluation "
+                    "needs for ARI-FG, disentanglement and the probe; evaluate on a dataset "
+                    "that has them (Multigrid, or import npz episodes with masks and actions)")
+
+
 def evaluate_workdir(workdir: str, settings: Dict[str, Any],
                      run_config: Optional[ConfigDict] = None) -> Dict[str, Any]:
   """Evaluates the run(s) named by `settings` and writes <workdir>/eval/metrics.json."""
@@ -89,6 +104,7 @@ def evaluate_workdir(workdir: str, settings: Dict[str, Any],
   data_dir = data_dir or config.data.dir
   window_length = config.data.window_length
   meta = pipeline.load_metadata(data_dir)
+  check_ground_truth(meta, data_dir)
   pipeline.validate(meta, image_size=config.data.image_size, window_length=window_length,
                     num_agents=stage.num_agents)
   mesh_config = run_config if run_config is not None else config

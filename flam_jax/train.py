@@ -41,8 +41,31 @@ def write_dataset(config, out_dir: str, progress: bool = True) -> None:
       num_episodes=gen.episodes, seed=gen.seed, progress=progress)
 
 
+def ensure_named_dataset(config, workdir: str) -> None:
+  """config.data.name (a TFDS dataset): prepared if it is generated Multigrid, then imported
+  once into config.data.dir (default <workdir>/data); later runs reuse the import."""
+  # pylint: disable-next=g-import-not-at-top
+  from flam_jax.data import import_video, tfds_builders, video_readers
+  name = config.data.name
+  tfds_dir = os.path.expanduser(config.data.get("tfds_data_dir") or "~/tensorflow_datasets")
+  if name.startswith("flam_multigrid/"):
+    tfds_builders.prepare(name, tfds_dir)
+  builder = video_readers.tfds_builder(tfds_dir, video_readers.ReadOptions(tfds_name=name))
+  config.data.dir = config.data.dir or os.path.join(workdir, "data")
+  print(f"Dataset {name}: {builder.data_path} -> {config.data.dir} (imported on first use)",
+        flush=True)
+  import_video.import_dataset(str(builder.data_path), "tfds", config.data.dir,
+                              image_size=config.data.image_size, progress=False)
+
+
 def ensure_dataset(config, workdir: str) -> None:
-  """Points config.data.dir at <workdir>/data when unset, generating Multigrid there if missing."""
+  """Points config.data.dir at <workdir>/data when unset, generating Multigrid there if missing.
+
+  With config.data.name set, the named TFDS dataset is imported there instead.
+  """
+  if config.data.get("name"):
+    ensure_named_dataset(config, workdir)
+    return
   if not config.data.dir:
     config.data.dir = os.path.join(workdir, "data")
     gen = config.data.generate

@@ -304,6 +304,7 @@ def write_dataset(out_dir: str,
       "record_bytes": sum(
           math.prod(shapes[f]) * np.dtype(FIELD_DTYPES[f]).itemsize
           for f in FIELDS),
+      "ground_truth": list(records.GROUND_TRUTH_FIELDS),
   }
   records.write_metadata(out_dir, metadata)
   return metadata

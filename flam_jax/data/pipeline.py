@@ -1,10 +1,11 @@
-"""Grain input pipeline over Multigrid shards: batches of fixed-length windows.
+"""Grain input pipeline over record-format shards: batches of fixed-length windows.
 
-A dataset directory (in the format of `records.py`, e.g. `multigrid.write_dataset`'s) holds metadata.json
-and, per split, ArrayRecord shards with one record per episode. Training reads
-windows of `window_length` consecutive frames whose starts are `window_stride`
-frames apart inside an episode; with W windows per episode, window index i is
-episode i // W of the split, starting at frame (i % W) * window_stride.
+A dataset directory (`flam_jax.data.records`: written by the Multigrid generator,
+`import_video`, Procgen or the token cache) holds metadata.json and, per split,
+ArrayRecord shards with one record per episode. Training reads windows of
+`window_length` consecutive frames whose starts are `window_stride` frames apart
+inside an episode; episode e of L_e frames has W_e = (L_e - T) // stride + 1 windows,
+and window indices run over the episodes of a split in order.
 
 Pipeline (`make_dataset`):
   MapDataset.source(WindowSource)   # index -> window dict (read + decode)
@@ -41,6 +42,10 @@ def _regen_hint(data_dir: str, meta: dict[str, Any] | None = None) -> str:
   """The fix for a broken dataset: the exact command when metadata is known."""
   if meta is None:
     return "regenerate it with `" + _GEN_CMD.format(dir=data_dir) + "`"
+  if meta.get("command"):  # Imported data records the command that wrote it.
+    return f"re-create it with `{meta['command']}`"
+  if meta.get("generator") != "flam_jax.data.multigrid":
+    return f"re-create it with the command that wrote it ({meta.get('generator')})"
   cfg = meta["config"]
   args = " ".join(f"--{k} {v}" for k, v in cfg.items())
   return (f"regenerate it with `python -m flam_jax.data.multigrid --out"
@@ -52,7 +57,7 @@ def _shard_lists(
     meta: dict[str, Any]) -> list[tuple[list[str], list[int], int]]:
   """(shards, episodes per shard, episodes) per split; raises if malformed."""
   for value in (meta["config"]["resolution"], meta["config"]["episode_length"],
-                meta["config"]["num_agents"], meta["num_episodes"],
+                meta["config"].get("num_agents", 0), meta["num_episodes"],
                 meta["seed"]):
     int(value)
   for fd in meta["fields"]:
@@ -81,6 +86,11 @@ def load_metadata(data_dir: str) -> dict[str, Any]:
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise DataError(f"cannot read {path} ({type(e).__name__}: {e});"
                     f" {_regen_hint(data_dir)}") from e
+  for split, (_, _, total) in zip(meta["splits"], shard_lists):
+    if "episode_lengths" in meta["splits"][split] and len(
+        meta["splits"][split]["episode_lengths"]) != total:
+      raise DataError(f"{path} lists {len(meta['splits'][split]['episode_lengths'])} episode"
+                      f" lengths for {total} {split} episodes; {_regen_hint(data_dir, meta)}")
   if version != records.FORMAT_VERSION:
     raise DataError(
         f"{path} has format_version={version}, this code reads"
@@ -103,12 +113,14 @@ def load_metadata(data_dir: str) -> dict[str, Any]:
 def _check_window_length(metadata: dict[str, Any], window_length: int):
   if window_length < 1:
     raise ConfigError(f"window_length={window_length}; use at least 1")
-  length = metadata["config"]["episode_length"]
+  length = metadata["config"]["episode_length"]  # The shortest episode.
   if window_length > length:
+    fix = (f"regenerate with --episode_length {window_length}"
+           if metadata.get("generator") == "flam_jax.data.multigrid" else
+           f"re-import with --min_frames {window_length} (or --skip_short)")
     raise DataError(
-        f"window_length={window_length} is longer than the dataset's"
-        f" episodes ({length} frames); regenerate with --episode_length"
-        f" {window_length} or use a window of at most {length} frames")
+        f"window_length={window_length} is longer than the dataset's shortest"
+        f" episode ({length} frames); {fix} or use a window of at most {length} frames")
 
 
 def validate(metadata: dict[str, Any],
@@ -125,11 +137,11 @@ def validate(metadata: dict[str, Any],
         f" config.data.image_size={image_size}; regenerate or set"
         f" --config.data.image_size={res}")
   _check_window_length(metadata, window_length)
-  if num_agents is not None and num_agents != cfg["num_agents"]:
+  if num_agents is not None and num_agents != cfg.get("num_agents", 0):
     raise DataError(
-        f"dataset has {cfg['num_agents']} agents but the config asks for"
+        f"dataset has {cfg.get('num_agents', 0)} agents but the config asks for"
         f" num_agents={num_agents}; regenerate with --num_agents {num_agents}"
-        f" or set num_agents={cfg['num_agents']}")
+        f" or set num_agents={cfg.get('num_agents', 0)}")
 
 
 def _short_reason(e: Exception) -> str:
@@ -142,8 +154,9 @@ def _short_reason(e: Exception) -> str:
 class WindowSource:
   """Random access over the windows of one split: index -> dict of arrays.
 
-  Items: frames uint8 [T,H,W,3], masks uint8 [T,H,W], actions int32 [T-1,K],
-  positions int32 [T,K,2], headings int32 [T,K] (or the subset in `fields`).
+  Items: frames uint8 [T,H,W,3] and whatever ground truth the dataset holds, e.g.
+  Multigrid's masks uint8 [T,H,W], actions int32 [T-1,K], positions int32 [T,K,2],
+  headings int32 [T,K] (or the subset in `fields`). Episodes may differ in length.
   Picklable for grain workers: it holds paths and a grain ArrayRecordDataSource,
   whose readers are reopened lazily after unpickling; nothing is cached.
   """
@@ -165,7 +178,7 @@ class WindowSource:
       raise DataError(
           f"split {split!r} of {data_dir} has no episodes; regenerate with"
           " --episodes >= 3 so that every split gets one")
-    length = meta["config"]["episode_length"]
+    lengths = np.asarray(records.episode_lengths(meta, split), np.int64)
     _check_window_length(meta, window_length)
     if window_stride < 1:
       raise ConfigError(f"window_stride={window_stride}; use at least 1")
@@ -176,25 +189,23 @@ class WindowSource:
       raise ConfigError(f"unknown fields {unknown}; pick from {known}")
 
     self.data_dir = data_dir
-    self._meta = {k: meta[k] for k in ("config", "num_episodes", "seed")}
+    self._meta = {k: meta.get(k) for k in ("config", "num_episodes", "seed", "generator",
+                                             "command")}
     self.split = split
     self.window_length = window_length
     self.window_stride = window_stride
     self.fields = fields
     self.num_episodes = info["num_episodes"]
-    self.windows_per_episode = (length - window_length) // window_stride + 1
+    self.episode_lengths = lengths
+    per_episode = (lengths - window_length) // window_stride + 1
+    # Equal for fixed-length datasets (Multigrid); None when episodes differ.
+    self.windows_per_episode = int(per_episode[0]) if len(set(per_episode)) == 1 else None
+    self._window_ends = np.cumsum(per_episode)
     self._paths = [os.path.join(data_dir, n) for n in info["shards"]]
     self._shard_ends = np.cumsum(info["shard_num_episodes"]).tolist()
-    # (name, dtype, shape, byte offset, count) per field, in record order.
-    self._layout = []
-    offset = 0
-    for fd in meta["fields"]:
-      dtype = np.dtype(fd["dtype"]).newbyteorder("<")
-      count = int(np.prod(fd["shape"]))
-      self._layout.append(
-          (fd["name"], dtype, tuple(fd["shape"]), offset, count))
-      offset += count * dtype.itemsize
-    self._record_bytes = offset
+    # (name, little-endian dtype, per-frame shape) per field, in record order.
+    self._fields = [(fd["name"], np.dtype(fd["dtype"]).newbyteorder("<"), tuple(fd["shape"][1:]))
+                    for fd in meta["fields"]]
     self._check_shards(info["shard_num_episodes"])
     # "path[0:n]" tells the source the record count, so it opens no file here.
     self._records = grain.sources.ArrayRecordDataSource([
@@ -217,7 +228,7 @@ class WindowSource:
             f" says {size}); {_regen_hint(self.data_dir, self._meta)}")
 
   def __len__(self) -> int:
-    return self.num_episodes * self.windows_per_episode
+    return int(self._window_ends[-1])
 
   def __repr__(self) -> str:
     return (f"WindowSource({self.data_dir!r}, {self.split!r},"
@@ -228,8 +239,13 @@ class WindowSource:
     """Window index -> (episode in split, first frame)."""
     if not 0 <= index < len(self):
       raise IndexError(f"window {index} out of range [0, {len(self)})")
-    episode, w = divmod(int(index), self.windows_per_episode)
-    return episode, w * self.window_stride
+    episode = int(np.searchsorted(self._window_ends, index, side="right"))
+    first = int(self._window_ends[episode - 1]) if episode else 0
+    return episode, (int(index) - first) * self.window_stride
+
+  def episode_of(self, indices: np.ndarray) -> np.ndarray:
+    """Window indices -> their episodes in the split (vectorised `window_index`)."""
+    return np.searchsorted(self._window_ends, np.asarray(indices), side="right")
 
   def _shard_path(self, episode: int) -> str:
     return self._paths[int(np.searchsorted(self._shard_ends, episode,
@@ -252,16 +268,22 @@ class WindowSource:
       raise DataError(
           f"shard {self._shard_path(episode)} is corrupt ({_short_reason(e)});"
           f" {_regen_hint(self.data_dir, self._meta)}") from e
-    if len(raw) != self._record_bytes:
+    num_frames = int(self.episode_lengths[episode])
+    layout, offset = [], 0
+    for name, dtype, tail in self._fields:
+      shape = (records.time_length(name, num_frames),) + tail
+      layout.append((name, dtype, shape, offset))
+      offset += int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != offset:
       raise DataError(
           f"shard {self._shard_path(episode)} has a record of {len(raw)}"
-          f" bytes, expected {self._record_bytes};"
+          f" bytes, expected {offset};"
           f" {_regen_hint(self.data_dir, self._meta)}")
     out = {}
-    for name, dtype, shape, offset, count in self._layout:
+    for name, dtype, shape, offset in layout:
       if name not in self.fields:
         continue
-      full = np.frombuffer(raw, dtype, count, offset).reshape(shape)
+      full = np.frombuffer(raw, dtype, int(np.prod(shape)), offset).reshape(shape)
       if length is None:
         stop = None
       else:  # Actions are transitions: one fewer than frames.

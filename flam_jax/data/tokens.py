@@ -1,24 +1,26 @@
 """Token cache: a frozen tokenizer's codebook indices for every frame, extracted once.
 
 The latent action stage never looks at pixels: it reads `tokens` int32 [L, h, w] per
-episode (plus the ground-truth actions, positions and headings for the WM baseline and
-the metrics) from a dataset in the same ArrayRecord format as the frames, so the same
-grain pipeline (`flam_jax.data.pipeline`) serves it. `metadata.json` records which
-tokenizer checkpoint made it; a cache made by another checkpoint is rebuilt.
+episode (plus whatever ground truth the source has besides masks: actions, positions,
+headings, for the WM baseline and the metrics) from a dataset in the same record format
+as the frames (`flam_jax.data.records`), so the same grain pipeline serves it.
+`metadata.json` records which tokenizer checkpoint made it; a cache made by another
+checkpoint is rebuilt.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tqdm
 
 from flam_jax.data import pipeline, records
 
-TOKEN_FIELDS = ("tokens", "actions", "positions", "headings")
+# Ground truth not copied into the cache: pixel masks are read from the frames dataset.
+PIXEL_FIELDS = ("frames", "masks")
 
 
 def _matches(out_dir: str, tag: dict[str, Any]) -> bool:
@@ -43,6 +45,43 @@ def _stability_counts(frames_elHWc: np.ndarray, tokens_elhw: np.ndarray) -> np.n
   return np.array([unchanged.size, unchanged.sum(), (unchanged & kept).sum()], np.int64)
 
 
+def _encoded(source: pipeline.WindowSource, encode: Callable[[np.ndarray], np.ndarray],
+             frames_per_call: int, stability: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Episodes of `source` with frames replaced by tokens; frames_per_call frames an encode.
+
+  Adds each episode's `_stability_counts` to `stability` in place.
+  """
+  pending: list[dict[str, np.ndarray]] = []
+
+  def flush():
+    frames = np.concatenate([ep["frames"] for ep in pending])  # [F, H, W, 3]
+    tokens = []
+    for lo in range(0, len(frames), frames_per_call):
+      chunk = frames[lo:lo + frames_per_call]
+      padded = np.zeros((frames_per_call,) + chunk.shape[1:], np.uint8)
+      padded[:len(chunk)] = chunk
+      tokens.append(np.asarray(encode(padded))[:len(chunk)].astype(np.int32))
+    tokens = np.concatenate(tokens)
+    first = 0
+    for ep in pending:
+      n = len(ep["frames"])
+      stability[:] += _stability_counts(ep["frames"][None], tokens[None, first:first + n])
+      yield dict({k: v for k, v in ep.items() if k not in PIXEL_FIELDS},
+                 tokens=tokens[first:first + n])
+      first += n
+    pending.clear()
+
+  buffered = 0
+  for e in range(source.num_episodes):
+    pending.append(source.read_episode(e))
+    buffered += len(pending[-1]["frames"])
+    if buffered >= frames_per_call:
+      yield from flush()
+      buffered = 0
+  if pending:
+    yield from flush()
+
+
 def cache_tokens(data_dir: str, out_dir: str,
                  encode_fn: Callable[[np.ndarray], np.ndarray], *,
                  tag: dict[str, Any], frames_per_call: int = 256,
@@ -50,7 +89,7 @@ def cache_tokens(data_dir: str, out_dir: str,
   """Encodes every frame of `data_dir` into `out_dir` unless a cache with `tag` is there.
 
   Args:
-    data_dir: a Multigrid dataset (frames).
+    data_dir: a frames dataset (Multigrid or imported).
     out_dir: where the token dataset goes.
     encode_fn: frames uint8 [F, H, W, 3] -> indices [F, h, w]; called with F =
       `frames_per_call` always (the last call is padded), so it compiles once.
@@ -66,42 +105,28 @@ def cache_tokens(data_dir: str, out_dir: str,
   source_meta = pipeline.load_metadata(data_dir)
   if os.path.isdir(out_dir):
     shutil.rmtree(out_dir)
-  os.makedirs(out_dir)
-
-  length = source_meta["config"]["episode_length"]
-  size = source_meta["config"]["resolution"]
-  probe = encode_fn(np.zeros((frames_per_call, size, size, 3), np.uint8))
-  grid = tuple(probe.shape[1:])
-  episodes_per_call = max(1, frames_per_call // length)
-  stability = np.zeros(3, np.int64)  # [patch transitions, pixel-unchanged, ... token kept too]
-
-  def encoded_episodes(split: str):
-    source = pipeline.WindowSource(
-        data_dir, split, window_length=length,
-        fields=("frames", "actions", "positions", "headings"), metadata=source_meta)
-    for first in range(0, source.num_episodes, episodes_per_call):
-      chunk = [source.read_episode(e)
-               for e in range(first, min(first + episodes_per_call, source.num_episodes))]
-      frames = np.concatenate([ep["frames"] for ep in chunk])  # [E*L, H, W, 3]
-      padded = np.zeros((frames_per_call,) + frames.shape[1:], np.uint8)
-      padded[:len(frames)] = frames
-      tokens = np.asarray(encode_fn(padded))[:len(frames)].astype(np.int32)
-      stability[:] += _stability_counts(frames.reshape((len(chunk), length) + frames.shape[1:]),
-                                        tokens.reshape((len(chunk), length) + grid))
-      for i, ep in enumerate(chunk):
-        yield dict(tokens=tokens[i * length:(i + 1) * length], actions=ep["actions"],
-                   positions=ep["positions"], headings=ep["headings"])
-
-  splits = {}
+  fields = [fd["name"] for fd in source_meta["fields"] if fd["name"] not in ("masks",)]
+  sizes = {s: info["num_episodes"] for s, info in source_meta["splits"].items()}
+  writer = records.EpisodeWriter(out_dir, episodes_per_shard=source_meta["episodes_per_shard"],
+                                 min_length=1, primary="tokens")
   bar = tqdm.tqdm(total=source_meta["num_episodes"], desc="tokenizing", disable=not progress)
-  for split, info in source_meta["splits"].items():
-    splits[split] = records.write_split(
-        out_dir, split, encoded_episodes(split), info["num_episodes"],
-        source_meta["episodes_per_shard"], fields=TOKEN_FIELDS, bar=bar) if info["num_episodes"] else dict(
-            num_episodes=0, shards=[], shard_num_episodes=[])
-    splits[split]["first_episode"] = info.get("first_episode", 0)
-  bar.close()
-
+  grid = None
+  stability = np.zeros(3, np.int64)  # [patch transitions, pixel-unchanged, ... token kept too]
+  try:
+    for split, n in sizes.items():
+      if not n:
+        continue
+      source = pipeline.WindowSource(data_dir, split, window_length=1, fields=fields,
+                                     metadata=source_meta)
+      for episode in _encoded(source, encode_fn, frames_per_call, stability):
+        grid = list(episode["tokens"].shape[1:])
+        writer.write(split, episode, source=data_dir)
+        bar.update(1)
+  except BaseException:
+    writer.abort()
+    raise
+  finally:
+    bar.close()
   token_stability = dict(
       unchanged_patch_fraction=float(stability[1] / max(stability[0], 1)),
       token_kept_if_unchanged=float(stability[2] / max(stability[1], 1)))
@@ -110,13 +135,11 @@ def cache_tokens(data_dir: str, out_dir: str,
           f"patches whose pixels do not change keep their token "
           f"({100 * token_stability['unchanged_patch_fraction']:.1f}% of patches do not change)",
           flush=True)
-  shapes = {fd["name"]: fd["shape"] for fd in source_meta["fields"]}
-  shapes["tokens"] = [length, *grid]
-  fields = [dict(name=f, dtype="int32", shape=list(shapes[f])) for f in TOKEN_FIELDS]
-  metadata = dict(
-      source_meta, splits=splits, fields=fields,
-      record_bytes=sum(int(np.prod(fd["shape"])) * 4 for fd in fields),
-      tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=list(grid),
-                  stability=token_stability))
-  records.write_metadata(out_dir, metadata)
-  return metadata
+  keep = {k: v for k, v in source_meta.items()
+          if k not in ("splits", "fields", "record_bytes", "ground_truth", "format_version",
+                       "generator", "config", "seed", "num_episodes", "episodes_per_shard",
+                       "byte_order")}
+  return writer.finish(generator=source_meta["generator"], config=source_meta["config"],
+                       seed=source_meta["seed"], **keep,
+                       tokens=dict(tag=tag, source=os.path.abspath(data_dir), grid=grid,
+                                   stability=token_stability))

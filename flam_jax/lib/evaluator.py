@@ -263,7 +263,7 @@ def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size
     size = batch["frames"].shape[0]
     index = offset + np.arange(size)
     batch = dict(batch, valid=np.ones((size,), bool), index=index.astype(np.int32),
-                 episode=(index // source.windows_per_episode).astype(np.int32))
+                 episode=source.episode_of(index).astype(np.int32))
     offset += size
     last = {k: batch[k] for k in DATA_FIELDS}
     yield _pad(batch, local_size)

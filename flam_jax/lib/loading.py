@@ -62,7 +62,9 @@ def load_trained(workdir: str,
   params = ckpt.restore_params(step)
   ckpt.close()
   tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
-  num_agents = pipeline.load_metadata(config.data.dir)["config"]["num_agents"]
+  meta = pipeline.load_metadata(config.data.dir)
   grid = (config.data.image_size // tokenizer.stride,) * 2
-  loaded = models.assemble(config, tokenizer, tokenizer_params, grid=grid, num_agents=num_agents)
+  loaded = models.assemble(config, tokenizer, tokenizer_params, grid=grid,
+                           num_agents=meta["config"].get("num_agents", 0),
+                           num_actions=meta["config"].get("num_actions", 4))
   return loaded, params, step

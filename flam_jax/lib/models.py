@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from flam_jax.errors import ConfigError
 from flam_jax.modules import fsq
-from flam_jax.modules.tokenizer import Tokenizer
+from flam_jax.modules.tokenizer import KINDS, Tokenizer
 from flam_jax.modules.world_model import FACTORED_ENTITIES, LatentActionWorldModel
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -33,6 +33,10 @@ def compute_dtype(config: ConfigDict):
 def make_tokenizer(config: ConfigDict) -> Tokenizer:
   """The tokenizer declared by `config.tokenizer`, checked against `config.data.image_size`."""
   tok = config.tokenizer
+  kind = tok.get("kind", "impala")  # Configs saved before the key existed: IMPALA.
+  if kind not in KINDS:
+    raise ConfigError(f"config.tokenizer.kind={kind!r} is not one of {KINDS}; set "
+                      "--config.tokenizer.kind accordingly")
   stride = 2 ** len(tok.encoder_channels)
   if config.data.image_size % stride:
     raise ConfigError(
@@ -41,12 +45,15 @@ def make_tokenizer(config: ConfigDict) -> Tokenizer:
   return Tokenizer(encoder_channels=tuple(tok.encoder_channels), z_channels=tok.z_channels,
                    codebook_dim=tok.codebook_dim, levels=tuple(tok.levels),
                    patch_local=bool(tok.get("patch_local", False)),
-                   dtype=compute_dtype(config))
+                   dtype=compute_dtype(config), kind=kind)
 
 
 def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
-                      feature_dim: int) -> LatentActionWorldModel:
-  """The world model declared by `config.lam` on `num_patches` tokens of `feature_dim`."""
+                      feature_dim: int, num_actions: int = 4) -> LatentActionWorldModel:
+  """The world model declared by `config.lam` on `num_patches` tokens of `feature_dim`.
+
+  num_actions: discrete actions per agent, for WM's one-hot (Multigrid 4, Procgen 15).
+  """
   lam = config.lam
   return LatentActionWorldModel(
       variant=lam.variant, num_patches=num_patches,
@@ -57,6 +64,7 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
       action_kind=lam.action_kind, action_levels=tuple(lam.action_levels),
       action_latent_dim=lam.action_latent_dim,
       scene_action_levels=tuple(lam.scene_action_levels), num_agents=num_agents,
+      num_agent_actions=int(num_actions),
       aggregator_mode=lam.aggregator_mode, subtoken_sizes=tuple(lam.subtoken_sizes),
       aggregator_blocks=lam.aggregator_blocks, feature_dim=feature_dim,
       # Keys newer than some saved configs default to the behaviour those runs had.
@@ -98,12 +106,12 @@ class LoadedWorldModel:
 
 
 def assemble(config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *, grid,
-             num_agents: int) -> LoadedWorldModel:
+             num_agents: int, num_actions: int = 4) -> LoadedWorldModel:
   """The world model declared by `config` on a given frozen tokenizer."""
   grid = tuple(int(g) for g in grid)
   codebook = tokenizer_codebook(tokenizer, tokenizer_params)
   model = build_world_model(config, num_patches=int(np.prod(grid)), num_agents=int(num_agents),
-                            feature_dim=codebook.shape[-1])
+                            feature_dim=codebook.shape[-1], num_actions=num_actions)
   return LoadedWorldModel(config=config, model=model, tokenizer=tokenizer,
                           tokenizer_params=tokenizer_params, grid=grid,
                           num_agents=int(num_agents), codebook=codebook)

@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from flam_jax.modules import fsq
+from flam_jax.modules import fsq, magvit2
+
+KINDS = ("impala", "magvit2")  # Table 4: IMPALA for simulation, MAGVIT-v2 for real video.
 
 
 class ResidualBlock(nn.Module):
@@ -92,12 +94,19 @@ class Tokenizer(nn.Module):
   levels: Sequence[int] = (4, 4, 4, 4, 4)
   patch_local: bool = False
   dtype: jnp.dtype = jnp.float32
+  kind: str = "impala"  # or "magvit2" (flam_jax/modules/magvit2.py).
 
   def setup(self):
-    self.encoder = ImpalaEncoder(self.encoder_channels, self.z_channels, self.dtype)
+    if self.kind == "magvit2":
+      self.encoder = magvit2.Encoder(self.encoder_channels, self.z_channels, dtype=self.dtype)
+      self.decoder = magvit2.Decoder(self.encoder_channels, dtype=self.dtype)
+    elif self.kind == "impala":
+      self.encoder = ImpalaEncoder(self.encoder_channels, self.z_channels, self.dtype)
+      self.decoder = UpsampleDecoder(self.encoder_channels, self.dtype)
+    else:
+      raise ValueError(f"unknown tokenizer kind {self.kind!r}; use one of {KINDS}")
     self.pre_quant = nn.Dense(len(self.levels), dtype=jnp.float32)
     self.post_quant = nn.Dense(self.codebook_dim, dtype=jnp.float32)
-    self.decoder = UpsampleDecoder(self.encoder_channels, self.dtype)
 
   @property
   def stride(self) -> int:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from flam_jax.data import records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import ConfigError
 from flam_jax.lib import images, loading, models, rollout
@@ -51,15 +52,24 @@ class LatentActionStage:
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
-               grid, num_agents: int, data_dir: str = ""):
+               grid, num_agents: int, data_dir: str = "", has_actions: bool = True,
+               num_actions: int = 4):
     """Builds the world model on a given frozen tokenizer; `build` loads one from disk.
 
     The attributes of `models.LoadedWorldModel` (config, model, tokenizer,
     tokenizer_params, grid, num_patches, num_agents, codebook) are the stage's too, so
     evaluation and the rollout API take either.
+    has_actions: the dataset holds ground-truth actions (action-free video does not:
+    then only tokens are read, and the WM baseline, which needs them, is refused).
+    num_actions: discrete actions per agent, for WM's one-hot (Multigrid 4, Procgen 15).
     """
+    if not has_actions:
+      if config.lam.variant == "wm":
+        raise ConfigError("config.lam.variant='wm' needs ground-truth actions, and this dataset "
+                          "has none (action-free video); train flam, lam or oc_lam on it")
+      self.data_fields = ("tokens",)
     loaded = models.assemble(config, tokenizer, tokenizer_params, grid=grid,
-                             num_agents=num_agents)
+                             num_agents=num_agents, num_actions=num_actions)
     self.config, self.model, self.codebook = config, loaded.model, loaded.codebook
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.grid, self.num_patches, self.num_agents = loaded.grid, loaded.num_patches, loaded.num_agents
@@ -98,7 +108,9 @@ class LatentActionStage:
     meta = tokens_lib.cache_tokens(config.data.dir, data_dir, lambda f: encode(params, f),
                                    tag=dict(checkpoint=ckpt_dir, step=int(step)))
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],
-               num_agents=meta["config"]["num_agents"], data_dir=data_dir)
+               num_agents=meta["config"].get("num_agents", 0), data_dir=data_dir,
+               has_actions="actions" in records.ground_truth(meta),
+               num_actions=meta["config"].get("num_actions", 4))
 
   def validate(self, metadata: dict) -> None:
     del metadata  # Token shapes come from the cache this stage built.
@@ -113,7 +125,7 @@ class LatentActionStage:
 
   def init(self, rng, batch):
     features, tokens = self.features(batch)
-    return self.model.init({"params": rng, "action": rng}, features, tokens, batch["actions"],
+    return self.model.init({"params": rng, "action": rng}, features, tokens, batch.get("actions"),
                            prediction_steps=self.config.lam.prediction_steps)["params"]
 
   # ---- Loss (Eq. 5 / regression, + beta KL, + OC reconstruction, + slot matching). ----
@@ -133,7 +145,7 @@ class LatentActionStage:
   def loss(self, params, batch, rng):
     lam = self.config.lam
     features, tokens = self.features(batch)
-    out = self.model.apply({"params": params}, features, tokens, batch["actions"],
+    out = self.model.apply({"params": params}, features, tokens, batch.get("actions"),
                            prediction_steps=lam.prediction_steps, deterministic=False,
                            rngs={"action": rng, "dropout": jax.random.fold_in(rng, 1)})
     b, p = tokens.shape[0], lam.prediction_steps
@@ -189,7 +201,7 @@ class LatentActionStage:
     variables = {"params": params}
     features, tokens = self.features(batch)
     entities, _ = self.model.apply(variables, features, method=WorldModel.entities)
-    acts = self.model.apply(variables, entities, batch["actions"],
+    acts = self.model.apply(variables, entities, batch.get("actions"),
                             method=WorldModel.infer_actions)
     predict = lambda actions: self.model.apply(
         variables, entities, actions, features, tokens,
@@ -218,7 +230,7 @@ class LatentActionStage:
     features, tokens = self.features(batch)
     b, t, n = tokens.shape
     entities, masks = rollout.entities(self.model, params, features)
-    acts = rollout.infer_actions(self.model, params, entities, batch["actions"])
+    acts = rollout.infer_actions(self.model, params, entities, batch.get("actions"))
     _, pred_features = rollout.predict(self.model, params, self.codebook, entities[:, 0],
                                        acts["actions"][:, :p], tokens[:, 0])  # [B, P, N, Dz]
     decode = lambda f: rollout.decode_pixels(self.tokenizer, self.tokenizer_params, f, self.grid)
