@@ -1,4 +1,4 @@
-"""Shared test helper: random parameters without compiling flax initialisers."""
+"""Shared test helpers: random parameters without compiling flax initialisers; a tokenizer fit."""
 
 import functools
 
@@ -31,3 +31,25 @@ def random_params(model, *args, seed=0, **kwargs):
     return jnp.asarray(noise)
 
   return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def reconstruction_losses(model, frames, steps: int = 40, learning_rate: float = 3e-3):
+  """Adam on a tokenizer's reconstruction loss (Eq. 1) over fixed frames: the losses per step."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from flam_jax.modules.tokenizer import reconstruction_loss  # pylint: disable=g-import-not-at-top
+  params = model.init(jax.random.PRNGKey(0), frames)["params"]
+  tx = optax.adam(learning_rate)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    loss, grads = jax.value_and_grad(
+        lambda p: reconstruction_loss(frames, model.apply({"params": p}, frames)[0]))(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  losses = []
+  for _ in range(steps):  # Host loop over optimizer steps (each one jitted call).
+    params, opt_state, loss = step(params, opt_state)
+    losses.append(float(loss))
+  return losses

@@ -3,13 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from flam_jax.errors import ConfigError
 from flam_jax.modules import fsq, magvit2
-from flam_jax.modules.tokenizer import Tokenizer, reconstruction_loss
+from flam_jax.modules.tokenizer import Tokenizer
 from tests.test_tokenizer import _frames
+from tests.param_utils import reconstruction_losses
 
 TINY = dict(encoder_channels=(8, 8), z_channels=8, codebook_dim=8, levels=(4, 4, 2),
             kind="magvit2")
@@ -47,21 +47,7 @@ def test_table4_size_gives_14x14_tokens_of_16384_codes():
 def test_training_reduces_reconstruction_loss():
   model = Tokenizer(**TINY)
   frames = _frames(n=8)
-  params = model.init(jax.random.PRNGKey(0), frames)["params"]
-  tx = optax.adam(3e-3)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state):
-    loss, grads = jax.value_and_grad(
-        lambda p: reconstruction_loss(frames, model.apply({"params": p}, frames)[0]))(params)
-    updates, opt_state = tx.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  losses = []
-  for _ in range(40):
-    params, opt_state, loss = step(params, opt_state)
-    losses.append(float(loss))
+  losses = reconstruction_losses(model, frames)
   assert losses[-1] < 0.5 * losses[0], losses
 
 

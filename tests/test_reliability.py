@@ -121,8 +121,8 @@ def test_a_missing_key_and_an_unknown_stage_are_named():
   del config["tokenizer"]["levels"]
   with pytest.raises(ConfigError, match="config.tokenizer.levels is missing"):
     config_validation.validate(ConfigDict(config), "tokenizer")
-  with pytest.raises(ConfigError, match="'policy', which has no validation rules"):
-    config_validation.validate(ConfigDict(config), "policy")
+  with pytest.raises(ConfigError, match="'rollout', which has no validation rules"):
+    config_validation.validate(ConfigDict(config), "rollout")
 
 
 def test_a_stage_registers_its_own_rules():

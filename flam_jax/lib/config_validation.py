@@ -217,10 +217,25 @@ EVAL_RULES: Tuple[Rule, ...] = (
 _DATA_CHECKS = (Check("data.generate", _generated_data_is_valid),)
 _TOKENIZER_CHECKS = (Check("data.image_size", _stride_divides_image),)
 
+POLICY_RULES: Tuple[Rule, ...] = (  # flam_jax/stages/policy.py (Sec 4.3).
+    Rule("policy.mode", "str", choices=("pseudo_labels", "labelled", "true_actions")),
+    Rule("policy.lam_workdir", "str"),
+    _pos("policy.num_labels"),
+    _pos("policy.decoder_hidden"),
+    _pos("policy.decoder_steps"),
+    Rule("policy.decoder_learning_rate", "float", low=0),
+    _ints("policy.channels", 1),
+    _pos("policy.hidden"),
+    _pos("policy.eval_episodes"),
+    Rule("policy.eval_seed", "int", low=0),
+)
+
 STAGE_RULES: Dict[str, List[Any]] = {
     "tokenizer": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *_DATA_CHECKS],
     "lam": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *LAM_RULES, *_DATA_CHECKS],
     "eval": [*EVAL_RULES],
+    "policy": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *POLICY_RULES,
+               *_DATA_CHECKS],
 }
 
 

@@ -54,7 +54,8 @@ MAX_CONSECUTIVE_SKIPPED_STEPS = 50
 
 
 def make_train_step(stage, tx: optax.GradientTransformation, base_rng: jax.Array,
-                    shard: Callable = lambda tree: tree, skip_nonfinite: bool = False) -> Callable:
+                    skip_nonfinite: bool = False,
+                    shard: Callable = lambda tree: tree) -> Callable:
   """(state, batch) -> (state, metrics): loss, gradients, clipped AdamW update.
 
   `shard` places the gradients and the new state (a sharding constraint under jit).
