@@ -220,7 +220,7 @@ _TOKENIZER_CHECKS = (Check("data.image_size", _stride_divides_image),)
 POLICY_RULES: Tuple[Rule, ...] = (  # flam_jax/stages/policy.py (Sec 4.3).
     Rule("policy.mode", "str", choices=("pseudo_labels", "labelled", "true_actions")),
     Rule("policy.lam_workdir", "str"),
-    _pos("policy.num_labels"),
+    Rule("policy.num_labels", "int", low=0),  # 0 with mode=true_actions: every transition.
     _pos("policy.decoder_hidden"),
     _pos("policy.decoder_steps"),
     Rule("policy.decoder_learning_rate", "float", low=0),
