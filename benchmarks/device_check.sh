@@ -17,7 +17,8 @@
 # network. Fill that folder on a machine with the registry, for the device's python (3.12):
 #   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
 #     --platform manylinux_2_28_x86_64 --platform any -d benchmarks/device_wheels \
-#     grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 absl-py tqdm
+#     --no-deps grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 tensorboardX==2.6.5 \
+#     portpicker   (the image has their other dependencies)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -28,10 +29,13 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-150}  # Seconds per bench_train run (compile + 5 st
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
 
-if ! $PY -c "import ml_collections, grain" 2>/dev/null; then
+if ! $PY -c "import ml_collections, grain, tensorboardX" 2>/dev/null; then
   if [ -d "$WHEELS" ]; then
-    $PY -m pip install -q --no-index --find-links "$WHEELS" grain ml_collections absl-py tqdm \
+    # Only the missing packages, into a private folder: the image's own stay untouched.
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/flam_site "$WHEELS"/*.whl \
       || { echo "device_check: installing from $WHEELS failed"; exit 3; }
+    export PYTHONPATH=/tmp/flam_site${PYTHONPATH:+:$PYTHONPATH}
   else
     echo "device_check: ml_collections/grain are missing and $WHEELS does not exist; fill it" \
          "with the pip download command at the top of this script"; exit 3

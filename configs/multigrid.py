@@ -104,6 +104,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # against exposure bias (teacher-forced accuracy above copy, greedy decoding below).
   # 0.3 did not help on the quickstart (one seed: greedy token accuracy 0.974 either way).
   config.lam.aggregator_context_dropout = 0.0
+  # Classification: predict every next-frame token at once from the slots and the start
+  # frame's token (bidirectional, one pass) instead of autoregressively in raster order.
+  config.lam.aggregator_parallel = False
   # FDM: add each entity's embedded action to its stream before every block, besides
   # the temporal cross-attention to it, so that the prediction cannot ignore the action.
   config.lam.fdm_additive_actions = True

@@ -246,3 +246,28 @@ def test_regression_anchor_is_a_residual():
   np.testing.assert_allclose(jax.jit(model.apply)(zero_head, _slots(), anchor), anchor,
                              atol=1e-6)
   assert float(jnp.abs(pred - anchor).max()) > 1e-4
+
+
+def test_parallel_aggregator_sees_no_target_tokens_and_decodes_in_one_pass():
+  """parallel=True: predictions come from slots and anchor only; decode is their argmax."""
+  model = agg_lib.ClassificationAggregator(
+      num_patches=N, subtoken_sizes=SIZES, d_model=32, num_blocks=2, num_heads=4,
+      codebook_size=C, parallel=True)
+  anchor = _targets(7)
+  params = random_params(model, _slots(), _targets(), anchor)
+  apply = jax.jit(model.apply)
+  first = apply(params, _slots(), _targets(8), anchor)
+  other_targets = apply(params, _slots(), _targets(9), anchor)
+  # The first sub-token never sees a target (no teacher forcing to lean on) ...
+  np.testing.assert_allclose(first[0], other_targets[0], atol=1e-6)
+  # ... but every patch sees the whole anchor frame (bidirectional) and the slots.
+  changed_last = anchor.at[:, -1].set((anchor[:, -1] + 1) % C)
+  moved = apply(params, _slots(), _targets(8), changed_last)
+  assert float(jnp.abs(moved[0][:, 0] - first[0][:, 0]).max()) > 1e-4
+  assert float(jnp.abs(apply(params, _slots(3), _targets(8), anchor)[0] - first[0]).max()) > 1e-4
+  idx, dec_logits = jax.jit(lambda p, s, a: model.apply(p, s, a, method=model.decode))(
+      params, _slots(), anchor)
+  tf_logits = apply(params, _slots(), idx, anchor)  # Heads conditioned on the decoded s_0.
+  for lt, ld in zip(tf_logits, dec_logits):
+    np.testing.assert_allclose(ld, lt, atol=1e-5)
+  np.testing.assert_array_equal(idx, agg_lib.logits_to_indices(dec_logits, SIZES))

@@ -34,7 +34,9 @@ def toy_batch(rng: np.random.Generator, batch_size: int, window: int):
   return dict(tokens=tokens, actions=actions.astype(np.int32))
 
 
-def _train(variant: str, steps: int, seed: int = 0):
+def train_toy(variant: str, steps: int, seed: int = 0, eval_every: int = 0, **lam_overrides):
+  """Trains `variant` on the toy; metrics on 64 test windows at every `eval_every` steps
+  (if > 0) and at the end, as a list of dicts with their "step" (the last is the final)."""
   config = stage_fixtures.tiny_config("lam", variant)
   config.lam.d_model, config.lam.num_heads = 32, 4
   config.lam.num_slots = NUM_ENTITIES + 1  # One slot per entity and one for the background.
@@ -43,6 +45,7 @@ def _train(variant: str, steps: int, seed: int = 0):
   config.optim.warmup_steps = 20
   config.num_train_steps = steps
   config.batch_size = 16
+  config.lam.update(lam_overrides)
   stage = stage_fixtures.make_lam_stage(config, seed=seed)
   # Distinct token features (a random tiny tokenizer's codebook rows are nearly equal).
   stage.codebook = np.random.default_rng(seed + 5).normal(
@@ -53,14 +56,22 @@ def _train(variant: str, steps: int, seed: int = 0):
   example = toy_batch(rng, config.batch_size, config.data.window_length)
   state = trainer.create_train_state(stage, config, example, mesh, tx)
   step = trainer.jit_train_step(stage, config, mesh, tx)
-  for _ in range(steps):
+  test = toy_batch(np.random.default_rng(seed + 100), 64, config.data.window_length)
+  diagnostics_fn, loss_fn = jax.jit(stage.diagnostics), jax.jit(stage.loss)
+
+  def evaluate(at_step):
+    diagnostics = diagnostics_fn(state.params, test, jax.random.PRNGKey(0))
+    _, train_metrics = loss_fn(state.params, test, jax.random.PRNGKey(0))
+    return {"step": at_step, **{k: float(v) for k, v in {**train_metrics, **diagnostics}.items()}}
+
+  history = []
+  for i in range(1, steps + 1):
     batch = sharding.to_global_batch(
         toy_batch(rng, config.batch_size, config.data.window_length), mesh)
-    state, metrics = step(state, batch)
-  test = toy_batch(np.random.default_rng(seed + 100), 64, config.data.window_length)
-  diagnostics = jax.jit(stage.diagnostics)(state.params, test, jax.random.PRNGKey(0))
-  _, train_metrics = jax.jit(stage.loss)(state.params, test, jax.random.PRNGKey(0))
-  return {k: float(v) for k, v in {**train_metrics, **diagnostics}.items()}
+    state, _ = step(state, batch)
+    if (eval_every and i % eval_every == 0) or i == steps:
+      history.append(evaluate(i))
+  return history
 
 
 @pytest.mark.slow
@@ -68,7 +79,7 @@ def test_flam_learns_to_use_per_entity_latent_actions():
   # Before the zero-initialised action embeddings, the code-usage penalty, the
   # scale-free action projection and the slot decoder, this failed with action_gain
   # exactly 0 and a perplexity of 1: the latent actions collapsed within ~50 steps.
-  m = _train("flam", steps=1000)
+  m = train_toy("flam", steps=1000)[-1]
   # Latent actions in use: 4 moves through a [2, 2] codebook, in every slot.
   assert m["action_perplexity"] > 1.5, m
   assert m["action_perplexity_per_slot"] > 1.5, m

@@ -201,6 +201,7 @@ LAM_RULES: Tuple[Any, ...] = (
     _pos("lam.aggregator_blocks"),
     _pos("lam.prediction_steps"),
     Rule("lam.remat", "bool", optional=True),
+    Rule("lam.aggregator_parallel", "bool", optional=True),
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),
     Check("lam.num_heads", _heads_divide_width),
 )

@@ -70,6 +70,7 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
       # Keys newer than some saved configs default to the behaviour those runs had.
       aggregator_residual=bool(lam.get("aggregator_residual", False)),
       aggregator_context_dropout=float(lam.get("aggregator_context_dropout", 0.0)),
+      aggregator_parallel=bool(lam.get("aggregator_parallel", False)),
       slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
           lam.get("slot_reconstruction_weight", 0.0)),
       fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),

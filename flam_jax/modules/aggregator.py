@@ -115,7 +115,10 @@ class ClassificationAggregator(nn.Module):
   array per sub-token.
 
   Use `__call__` for teacher-forced training (fully parallel) and `decode` for
-  greedy generation (lax.scan over patches, optional key/value cache). `loss` and
+  greedy generation (lax.scan over patches, optional key/value cache). With
+  `parallel=True` the aggregator is not autoregressive: position n's input is
+  pos[n] + emb_anchor(c_anchor^n), self-attention is bidirectional, and `decode` is a
+  single pass (a one-step MaskGIT-style decoder; an option of ours, not the paper's). `loss` and
   `accuracy` need no parameters and work on an unbound module.
   """
 
@@ -132,6 +135,11 @@ class ClassificationAggregator(nn.Module):
   # ("unknown") with this probability ('dropout' rng), so the model cannot lean on the
   # true context more than greedy decoding will be able to (exposure bias).
   context_dropout: float = 0.0
+  # Parallel decoding: every patch is predicted at once from the slots and the anchor
+  # frame (bidirectional self-attention, no previous-token input), so there is no
+  # teacher forcing to lean on (the motion must come from the slots, i.e. the actions)
+  # and greedy generation is one pass with no exposure bias. Needs an anchor to copy from.
+  parallel: bool = False
 
   def _check_config(self):
     sizes = tuple(int(s) for s in self.subtoken_sizes)
@@ -161,10 +169,13 @@ class ClassificationAggregator(nn.Module):
     slots_bkd = nn.Dense(self.d_model, dtype=self.dtype, name="slot_proj")(slots_bkd)
     slots_bkd = slots_bkd.astype(jnp.float32)
 
-    x_bld = _embed_subtokens(jnp.maximum(prev_indices_bl, 0), sizes, self.d_model,
-                             "subtoken_embed")
-    start_d = self.param("start", _EMBED_INIT, (self.d_model,), jnp.float32)
-    x_bld = jnp.where((prev_indices_bl < 0)[..., None], start_d, x_bld)
+    if self.parallel:  # No previous-token input: position, anchor and slots only.
+      x_bld = jnp.zeros((b, l, self.d_model), jnp.float32)
+    else:
+      x_bld = _embed_subtokens(jnp.maximum(prev_indices_bl, 0), sizes, self.d_model,
+                               "subtoken_embed")
+      start_d = self.param("start", _EMBED_INIT, (self.d_model,), jnp.float32)
+      x_bld = jnp.where((prev_indices_bl < 0)[..., None], start_d, x_bld)
     pos_nd = self.param("pos_embed", _EMBED_INIT, (self.num_patches, self.d_model), jnp.float32)
     x_bld = x_bld + pos_nd[positions_l][None]
     if anchor_indices_bl is not None:
@@ -174,7 +185,7 @@ class ClassificationAggregator(nn.Module):
     for i in range(self.num_blocks):  # Causal self-attention, cross-attention, one MLP.
       x_bld = maybe_remat(DecoderBlock, remat)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-          decode=decode, causal=True, name=f"block_{i}")(x_bld, slots_bkd)
+          decode=decode, causal=not self.parallel, name=f"block_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
     logits, chosen = [], []
     for j, size in enumerate(sizes):  # Hierarchical heads (static, 2 in practice).
@@ -200,7 +211,7 @@ class ClassificationAggregator(nn.Module):
     sizes = self._check_config()
     prev_bn = jnp.concatenate(
         [jnp.full((b, 1), -1, jnp.int32), target_indices_bn[:, :-1].astype(jnp.int32)], axis=1)
-    if self.context_dropout > 0.0 and not deterministic:
+    if self.context_dropout > 0.0 and not deterministic and not self.parallel:
       dropped_bn = jax.random.bernoulli(self.make_rng("dropout"), self.context_dropout, (b, n))
       prev_bn = jnp.where(dropped_bn, -1, prev_bn)
     logits, _ = self._forward(slots_bkd, prev_bn, jnp.arange(n), anchor_indices_bn,
@@ -226,6 +237,10 @@ class ClassificationAggregator(nn.Module):
     b, n = slots_bkd.shape[0], self.num_patches
     if self.is_initializing():  # Create the params if `init` was called with this method.
       self(slots_bkd, jnp.zeros((b, n), jnp.int32), anchor_indices_bn)
+    if self.parallel:  # One bidirectional pass; the heads condition on their own argmax.
+      logits, sub_bnm = self._forward(slots_bkd, jnp.zeros((b, n), jnp.int32), jnp.arange(n),
+                                      anchor_indices_bn, None, decode=False)
+      return subtokens_to_indices(sub_bnm, sizes).astype(jnp.int32), logits
     params = self.variables["params"]
     model = self.clone(parent=None, name=None)
     anchor_nb = None if anchor_indices_bn is None else jnp.transpose(anchor_indices_bn)

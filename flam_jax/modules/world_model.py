@@ -99,6 +99,7 @@ class LatentActionWorldModel(nn.Module):
   feature_dim: int = 128
   aggregator_residual: bool = False
   aggregator_context_dropout: float = 0.0  # Classification; see ClassificationAggregator.
+  aggregator_parallel: bool = False  # Classification; see ClassificationAggregator.parallel.
   # Slot variants: also reconstruct each frame's features from its own slots through a
   # spatial-broadcast decoder with alpha masks (binding, see slot_decoder.py).
   slot_reconstruction: bool = False
@@ -141,7 +142,7 @@ class LatentActionWorldModel(nn.Module):
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
           d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
           dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat,
-          context_dropout=self.aggregator_context_dropout)
+          context_dropout=self.aggregator_context_dropout, parallel=self.aggregator_parallel)
     elif self.aggregator_mode == "regression":
       self.aggregator = aggregator_lib.RegressionAggregator(
           num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
