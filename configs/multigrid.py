@@ -107,6 +107,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # Classification: predict every next-frame token at once from the slots and the start
   # frame's token (bidirectional, one pass) instead of autoregressively in raster order.
   config.lam.aggregator_parallel = False
+  # Prediction loss: weight of the patches whose token changes from the start frame
+  # (1: the plain mean over patches; see LatentActionStage._prediction_loss).
+  config.lam.changed_patch_weight = 1.0
   # FDM: add each entity's embedded action to its stream before every block, besides
   # the temporal cross-attention to it, so that the prediction cannot ignore the action.
   config.lam.fdm_additive_actions = True

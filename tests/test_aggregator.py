@@ -271,3 +271,20 @@ def test_parallel_aggregator_sees_no_target_tokens_and_decodes_in_one_pass():
   for lt, ld in zip(tf_logits, dec_logits):
     np.testing.assert_allclose(ld, lt, atol=1e-5)
   np.testing.assert_array_equal(idx, agg_lib.logits_to_indices(dec_logits, SIZES))
+
+
+def test_patch_weights_make_a_weighted_mean_over_patches():
+  logits = tuple(jax.random.normal(jax.random.key(j), (B, N, s)) for j, s in enumerate(SIZES))
+  targets = _targets()
+  per_patch = jnp.stack([agg_lib.classification_loss(
+      tuple(l[:, n:n + 1] for l in logits), targets[:, n:n + 1], SIZES) for n in range(N)], -1)
+  weights = jnp.where(jnp.arange(N) % 3 == 0, 10.0, 1.0)[None].repeat(B, 0)
+  expected = jnp.sum(per_patch * weights, -1) / jnp.sum(weights, -1)
+  np.testing.assert_allclose(agg_lib.classification_loss(logits, targets, SIZES, weights),
+                             expected, rtol=1e-5)
+  np.testing.assert_allclose(agg_lib.classification_loss(logits, targets, SIZES, jnp.ones((B, N))),
+                             agg_lib.classification_loss(logits, targets, SIZES), rtol=1e-6)
+  pred, target = jax.random.normal(jax.random.key(1), (2, B, N, 3))
+  per_patch_sq = jnp.mean(jnp.square(pred - target), -1)
+  np.testing.assert_allclose(agg_lib.regression_loss(pred, target, weights),
+                             jnp.sum(per_patch_sq * weights, -1) / jnp.sum(weights, -1), rtol=1e-5)

@@ -166,3 +166,17 @@ def test_missing_or_mismatched_tokenizer_checkpoint(tmp_path):
   config.tokenizer.levels = (4, 4, 4, 4, 4)
   with pytest.raises(CheckpointError, match="tokenizer.levels"):
     load_frozen_tokenizer(config, str(tmp_path))
+
+
+def test_tokenizer_params_of_another_architecture_are_a_one_line_error():
+  from flam_jax.lib import loading, models  # pylint: disable=g-import-not-at-top
+  config = stage_fixtures.tiny_config("lam")
+  tokenizer = models.make_tokenizer(config)
+  size = config.data.image_size
+  params = tokenizer.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))["params"]
+  loading.check_tokenizer_params(tokenizer, params, size, "ckpt", "retrain")
+  leaf_path, leaf = jax.tree_util.tree_leaves_with_path(params)[-1]
+  wrong = jax.tree_util.tree_map_with_path(
+      lambda p, v: np.zeros(v.shape + (2,)) if p == leaf_path else v, params)
+  with pytest.raises(CheckpointError, match="does not fit this version's tokenizer.*retrain"):
+    loading.check_tokenizer_params(tokenizer, wrong, size, "ckpt", "retrain")

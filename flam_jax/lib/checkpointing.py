@@ -67,7 +67,7 @@ def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str]
 INTEGRITY_VERSION = 1
 
 
-def _leaf_name(path) -> str:
+def leaf_name(path) -> str:
   return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
@@ -83,7 +83,7 @@ def array_checksums(tree: Any) -> Dict[str, str]:
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       continue
     value = np.ascontiguousarray(jax.device_get(leaf))
-    out[_leaf_name(path)] = f"{zlib.crc32(value.tobytes()) & 0xffffffff:08x}"
+    out[leaf_name(path)] = f"{zlib.crc32(value.tobytes()) & 0xffffffff:08x}"
   return out
 
 
@@ -95,7 +95,7 @@ def nonfinite_leaves(tree: Any) -> List[str]:
       continue
     value = np.asarray(jax.device_get(leaf))
     if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
-      bad.append(_leaf_name(path))
+      bad.append(leaf_name(path))
   return bad
 
 

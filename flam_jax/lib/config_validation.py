@@ -202,6 +202,7 @@ LAM_RULES: Tuple[Any, ...] = (
     _pos("lam.prediction_steps"),
     Rule("lam.remat", "bool", optional=True),
     Rule("lam.aggregator_parallel", "bool", optional=True),
+    Rule("lam.changed_patch_weight", "float", low=1, optional=True),
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),
     Check("lam.num_heads", _heads_divide_width),
 )

@@ -9,6 +9,9 @@ Used by the lam stage (its frozen tokenizer), evaluation and generation.
 import os
 from typing import Optional, Tuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from ml_collections import ConfigDict
 
 from flam_jax.data import pipeline
@@ -42,7 +45,26 @@ def load_frozen_tokenizer(config: ConfigDict, workdir: str):
   checkpointing.check_compatible(saved, config, ("tokenizer", "data.image_size"), path)
   params = ckpt.restore_params(step)
   ckpt.close()
-  return models.make_tokenizer(config), params, path, step
+  tokenizer = models.make_tokenizer(config)
+  check_tokenizer_params(tokenizer, params, config.data.image_size, path, fix)
+  return tokenizer, params, path, step
+
+
+def check_tokenizer_params(tokenizer, params, image_size: int, path: str, fix: str) -> None:
+  """CheckpointError naming the first parameter whose shape the current code does not make
+  (a tokenizer saved by an older version of the architecture), before any training step."""
+  frames = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  expected = jax.eval_shape(tokenizer.init, jax.random.PRNGKey(0), frames)["params"]
+  want = {checkpointing.leaf_name(k): v.shape
+          for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  have = {checkpointing.leaf_name(k): tuple(np.shape(v))
+          for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      raise CheckpointError(
+          f"the tokenizer checkpoint in {path} does not fit this version's tokenizer "
+          f"(parameter {name}: saved {have.get(name)}, expected {want.get(name)}); it was "
+          f"trained by an older architecture: {fix}")
 
 
 def load_trained(workdir: str,

@@ -57,14 +57,23 @@ def subtokens_to_indices(subtokens: jnp.ndarray, sizes: Sequence[int]) -> jnp.nd
   return jnp.sum(subtokens.astype(jnp.int32) * place, axis=-1)
 
 
+def _patch_mean(loss_bn: jnp.ndarray, patch_weights_bn=None) -> jnp.ndarray:
+  """Mean over patches [B, N] -> [B], weighted by `patch_weights_bn` if given."""
+  if patch_weights_bn is None:
+    return jnp.mean(loss_bn, axis=-1)
+  chex.assert_equal_shape([loss_bn, patch_weights_bn])
+  return jnp.sum(loss_bn * patch_weights_bn, axis=-1) / jnp.sum(patch_weights_bn, axis=-1)
+
+
 def classification_loss(logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.ndarray,
-                        sizes: Sequence[int]) -> jnp.ndarray:
+                        sizes: Sequence[int], patch_weights_bn=None) -> jnp.ndarray:
   """Eq. 5 per example, as a MEAN over the N patches -> [B] (nats per patch).
 
   -log p(c) = -sum_j log p(s_j | s_<j), so the per-patch loss is the sum of the
   sub-token cross-entropies (the logits of sub-token j were computed given the true
   s_<j, see `ClassificationAggregator`). The paper sums over patches; averaging keeps
   the loss weights of configs (KL, slot matching, reconstruction) meaningful at any N.
+  patch_weights_bn (optional, positive): a weighted mean over patches instead.
   """
   chex.assert_rank(target_indices_bn, 2)
   sub_bns = indices_to_subtokens(target_indices_bn, sizes)
@@ -72,7 +81,7 @@ def classification_loss(logits: Tuple[jnp.ndarray, ...], target_indices_bn: jnp.
   for j, logits_bns in enumerate(logits):  # Over sub-tokens (static, 2 in practice).
     log_p = jax.nn.log_softmax(logits_bns.astype(jnp.float32), axis=-1)
     total_bn = total_bn - jnp.take_along_axis(log_p, sub_bns[..., j:j + 1], axis=-1)[..., 0]
-  return jnp.mean(total_bn, axis=-1)
+  return _patch_mean(total_bn, patch_weights_bn)
 
 
 def logits_to_indices(logits: Tuple[jnp.ndarray, ...], sizes: Sequence[int]) -> jnp.ndarray:
@@ -355,9 +364,11 @@ class RegressionAggregator(nn.Module):
     return regression_loss(pred_bnf, target_bnf)
 
 
-def regression_loss(pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray) -> jnp.ndarray:
-  """mean_n mean_c (pred - target)^2 -> [B] (per-element, like the per-patch cross-entropy)."""
+def regression_loss(pred_bnf: jnp.ndarray, target_bnf: jnp.ndarray,
+                    patch_weights_bn=None) -> jnp.ndarray:
+  """mean_n mean_c (pred - target)^2 -> [B] (per-element, like the per-patch cross-entropy);
+  patch_weights_bn (optional, positive): a weighted mean over patches instead."""
   chex.assert_equal_shape([pred_bnf, target_bnf])
   chex.assert_rank(pred_bnf, 3)
   err = jnp.square(pred_bnf.astype(jnp.float32) - target_bnf.astype(jnp.float32))
-  return jnp.mean(err, axis=(1, 2))
+  return _patch_mean(jnp.mean(err, axis=-1), patch_weights_bn)
