@@ -26,6 +26,10 @@ OUT=${OUT:-benchmarks/device_out}
 WHEELS=${WHEELS:-benchmarks/device_wheels}
 PEER_DIR=${PEER_DIR:-../shared/peers/torch_flam}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}  # Seconds per bench_train run (compile + 5 steps + peer).
+DEADLINE=${DEADLINE:-470}  # Seconds from the start; no run is given more than what is left.
+left() {  # min(limit, seconds left before DEADLINE), at least 1.
+  local l=$(( DEADLINE - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
+}
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
 
@@ -54,7 +58,7 @@ fi
 bench() {
   local name=$1; shift
   for batch in 64 32 16 8; do
-    timeout "$STEP_TIMEOUT" $PY benchmarks/bench_train.py "$@" --config.batch_size=$batch \
+    timeout "$(left "$STEP_TIMEOUT")" $PY benchmarks/bench_train.py "$@" --config.batch_size=$batch \
       --config.compute_dtype=bfloat16 --steps=5 --out="$OUT/$name.json" \
       > "$OUT/$name.log" 2>&1
     local rc=$?
@@ -69,6 +73,6 @@ bench() {
 bench tokenizer --config=configs/multigrid.py:tokenizer "${PEER_FLAGS[@]}"
 bench flam --config=configs/multigrid.py:flam "${PEER_FLAGS[@]}"
 bench lam --config=configs/multigrid.py:lam "${PEER_FLAGS[@]}"
-timeout 120 $PY benchmarks/bench_rollout.py --configs=multigrid --batch_size=1 \
+timeout "$(left 120)" $PY benchmarks/bench_rollout.py --configs=multigrid --batch_size=1 \
   > "$OUT/rollout.log" 2>&1; echo "rollout (batch 1, 128 px): rc $?"; tail -n 3 "$OUT/rollout.log"
 echo "device_check: figures in $OUT"
