@@ -244,7 +244,8 @@ def peer_args(config, num_steps: int) -> list:
 
 def run_peer(config, num_steps: int) -> dict:
   """One run of the peer's bench.py; its JSON line plus decoded frames per step."""
-  python, bench = _PEER_PYTHON.value, os.path.join(_PEER_DIR.value, "bench.py")
+  # Absolute: the peer runs with its own folder as the working directory.
+  python, bench = _PEER_PYTHON.value, os.path.abspath(os.path.join(_PEER_DIR.value, "bench.py"))
   for path, flag in ((python, "--peer_python"), (bench, "--peer_dir")):
     if not os.path.exists(path):
       raise ConfigError(f"{path} does not exist; set {flag} (the peer needs a python with torch "
