@@ -30,7 +30,7 @@ def test_configs_of_every_setting_and_variant_build():
     for variant in ("wm", "lam", "oc_lam", "flam", "flam_regression"):
       config = settings.lam_config(setting, variant, 8, seed=3, data_dir="/d", tokenizer_dir="/t",
                                  overrides={"lam.recursive_init": False})
-      assert config.seed == 3 and config.lam.num_slots == 8
+      assert config.seed == 3 and config.lam.num_slots == 9  # Agents + background.
       assert config.lam.tokenizer_checkpoint == "/t/tokenizer"
       assert not config.lam.recursive_init
       assert config.data.window_length > config.lam.prediction_steps
