@@ -15,9 +15,11 @@ from configs import multigrid as multigrid_config
 from flam_jax.errors import ConfigError
 
 SETTINGS = ("tiny", "small", "paper")
-VARIANT_TITLES = dict(wm="WM", lam="LAM", oc_lam="OC+LAM", flam="FLAM")
+VARIANT_TITLES = dict(wm="WM", lam="LAM", oc_lam="OC+LAM", flam="FLAM",
+                      lam_joint="LAM (4^n codes)")
 ACTIONS_PER_AGENT = 4  # Multigrid: turn left / turn right / forward / stay.
-MAX_SCENE_FACTORS = 4  # LAM's scene codebook: 4 levels per agent, at most 4^4 = 256 codes.
+MAX_SCENE_FACTORS = 4  # LAM's joint scene codebook: 4 levels per agent, at most 4^4 = 256 codes.
+PAPER_ACTION_LEVELS = (2, 2)  # Table 4, Multigrid: 4 action codes (LAM's scene action too).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,13 +120,17 @@ def _update(config: ConfigDict, overrides: Dict[str, Any], where: str) -> None:
     node[leaf] = value
 
 
-def scene_action_levels(num_agents: int) -> Tuple[int, ...]:
-  """LAM / OC+LAM's scene codebook: 4 levels per agent, capped at 4 agents (256 codes).
+def scene_action_levels(num_agents: int, joint: bool = False) -> Tuple[int, ...]:
+  """LAM / OC+LAM's scene codebook.
 
-  4^n covers every joint action of n agents up to 4 agents; beyond that the codebook
-  stays at 256 codes (4^16 codes for 16 agents would not train), as documented in
-  experiments/README.md.
+  joint=False: Table 4's action codebook for Multigrid, FSQ levels [2, 2] (4 codes), the
+  same size as FLAM's per-slot codebook, whatever the number of agents (the paper's
+  setting: one scene action must summarise every agent's move). joint=True: 4 levels per
+  agent, one code per joint action of up to 4 agents (4^n, capped at 256 codes: 4^16 for
+  16 agents would not train), the larger codebook Table 1 reports beside it.
   """
+  if not joint:
+    return PAPER_ACTION_LEVELS
   return (ACTIONS_PER_AGENT,) * max(1, min(num_agents, MAX_SCENE_FACTORS))
 
 

@@ -21,9 +21,12 @@ from experiments import plots as plots_lib
 from experiments import report as report_lib
 
 VARIANTS = ("wm", "lam", "oc_lam", "flam")
+# Columns: the variants at Table 4's codebook sizes, then LAM with one code per joint
+# action of the agents (4^n, capped at 256; what a larger codebook does, issue 9 item 10).
+COLUMNS = VARIANTS + ("lam_joint",)
 # Table 1 of the paper, Multigrid row (4 agents).
-PAPER_PSNR = dict(wm=48.90, lam=31.04, oc_lam=26.79, flam=35.49)
-PAPER_DELTA_PSNR = dict(wm=None, lam=7.84, oc_lam=0.11, flam=11.24)
+PAPER_PSNR = dict(wm=48.90, lam=31.04, oc_lam=26.79, flam=35.49, lam_joint=None)
+PAPER_DELTA_PSNR = dict(wm=None, lam=7.84, oc_lam=0.11, flam=11.24, lam_joint=None)
 # Rows of the extra-metrics table: (metric key, label).
 EXTRA_ROWS = (
     ("psnr_t@P", "PSNR t=P"), ("psnr_mean", "PSNR mean over t"), ("ssim_t@1", "SSIM t=1"),
@@ -39,24 +42,28 @@ common.define_flags("results/table1")
 
 
 def make_runs(num_agents: int, seeds):
-  return [runner.Run(label=v, variant=v, num_agents=num_agents, seed=s)
-          for s in seeds for v in VARIANTS]
+  joint = (("lam.scene_action_levels", settings.scene_action_levels(num_agents, joint=True)),)
+  return [runner.Run(label=v, variant=v, num_agents=num_agents, seed=s) for s in seeds
+          for v in VARIANTS] + [runner.Run(label="lam_joint", variant="lam",
+                                           num_agents=num_agents, seed=s, overrides=joint)
+                                for s in seeds]
 
 
 def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   """results.md (and results.json) from the per-seed metrics."""
   n = experiment.setting.table1_agents
-  stats = {v: report_lib.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in VARIANTS}
-  titles = [settings.VARIANT_TITLES[v] for v in VARIANTS]
+  stats = {v: report_lib.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in COLUMNS}
+  titles = [settings.VARIANT_TITLES[v] for v in COLUMNS]
   p = metrics[f"flam_{n}a"][0]["prediction_steps"]
   main_rows = [
-      ["PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["psnr_t@1"]) for v in VARIANTS],
-      ["PSNR (paper)"] + [report_lib.fmt_paper(PAPER_PSNR[v]) for v in VARIANTS],
-      ["Δ PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@1"]) for v in VARIANTS],
-      [f"Δ PSNR t={p} (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@P"]) for v in VARIANTS],
-      ["Δ PSNR (paper)"] + [report_lib.fmt_paper(PAPER_DELTA_PSNR[v]) for v in VARIANTS],
+      ["PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["psnr_t@1"]) for v in COLUMNS],
+      ["PSNR (paper)"] + [report_lib.fmt_paper(PAPER_PSNR[v]) for v in COLUMNS],
+      ["Δ PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@1"]) for v in COLUMNS],
+      [f"Δ PSNR t={p} (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@P"]) for v in COLUMNS],
+      ["Δ PSNR (paper)"] + [report_lib.fmt_paper(PAPER_DELTA_PSNR[v]) for v in COLUMNS],
   ]
-  extra_rows = [[label.replace("t=P", f"t={p}")] + [report_lib.fmt(stats[v][key], 3) for v in VARIANTS]
+  extra_rows = [[label.replace("t=P", f"t={p}")]
+                + [report_lib.fmt(stats[v][key], 3) for v in COLUMNS]
                 for key, label in EXTRA_ROWS]
   f, lam, oc = stats["flam"], stats["lam"], stats["oc_lam"]
   claims = [
@@ -68,6 +75,10 @@ def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
       report_lib.compare(f"FLAM Δ PSNR t={p} > OC+LAM", f["delta_psnr_t@P"], oc["delta_psnr_t@P"]),
       report_lib.compare("WM PSNR t=1 > FLAM (ground-truth actions)", stats["wm"]["psnr_t@1"],
                      f["psnr_t@1"]),
+      report_lib.compare("FLAM PSNR t=1 > LAM with 4^n codes", f["psnr_t@1"],
+                         stats["lam_joint"]["psnr_t@1"]),
+      report_lib.compare("FLAM Δ PSNR t=1 > LAM with 4^n codes", f["delta_psnr_t@1"],
+                         stats["lam_joint"]["delta_psnr_t@1"]),
   ]
   lines = report_lib.header_lines(f"Table 1: Multigrid, {n} agents", experiment, seeds)
   lines += [
@@ -91,9 +102,9 @@ def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
         os.path.join(experiment.out_dir, f"{name}.png"),
         f"Table 1: {'PSNR' if name == 'table1_psnr' else 'Δ PSNR'}, Multigrid, {n} agents",
         "dB", labels, [(settings.VARIANT_TITLES[v], [stats[v][k]["mean"] for k in keys],
-                        [stats[v][k]["std"] for k in keys]) for v in VARIANTS])))
+                        [stats[v][k]["std"] for k in keys]) for v in COLUMNS])))
   return experiment.write(lines, dict(
-      table="table1", num_agents=n, seeds=list(seeds), variants=list(VARIANTS),
+      table="table1", num_agents=n, seeds=list(seeds), variants=list(COLUMNS),
       paper=dict(psnr=PAPER_PSNR, delta_psnr=PAPER_DELTA_PSNR), stats=stats,
       per_seed=metrics, claims=claims), runs, plots)
 

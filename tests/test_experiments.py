@@ -43,10 +43,11 @@ def test_configs_of_every_setting_and_variant_build():
   assert small.num_train_steps == 300
 
 
-def test_scene_codebook_is_capped():
-  assert settings.scene_action_levels(1) == (4,)
-  assert settings.scene_action_levels(4) == (4, 4, 4, 4)
-  assert settings.scene_action_levels(16) == (4, 4, 4, 4)
+def test_scene_codebook_is_table4s_or_joint_and_capped():
+  assert settings.scene_action_levels(4) == (2, 2)  # Table 4: 4 codes, like FLAM's per slot.
+  assert settings.scene_action_levels(1, joint=True) == (4,)
+  assert settings.scene_action_levels(4, joint=True) == (4, 4, 4, 4)
+  assert settings.scene_action_levels(16, joint=True) == (4, 4, 4, 4)
 
 
 def test_unknown_override_is_a_config_error():
@@ -130,19 +131,20 @@ def test_table1_end_to_end_and_rerun_skips(tmp_path, jax_cache):
   out = _run("table1.py", root, jax_cache)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results, markdown = _results(root)
-  for variant in ("wm", "lam", "oc_lam", "flam"):
+  for variant in ("wm", "lam", "oc_lam", "flam", "lam_joint"):
     assert _finite(results["stats"][variant]["psnr_t@1"]), variant
     assert _finite(results["stats"][variant]["delta_psnr_t@1"]), variant
   assert results["stats"]["flam"]["ari_fg"]["n"] == 1 and results["stats"]["lam"]["ari_fg"]["n"] == 0
-  assert "| PSNR (paper) | 48.90 | 31.04 | 26.79 | 35.49 |" in markdown
+  assert "| PSNR (paper) | 48.90 | 31.04 | 26.79 | 35.49 | – |" in markdown
   assert os.path.exists(os.path.join(root, "tiny", "table1_psnr.png"))
   assert os.path.exists(os.path.join(root, "tiny", "table1_delta_psnr.png"))
-  assert set(results["run_info"]) == {f"{v}_2a/seed0" for v in ("wm", "lam", "oc_lam", "flam")}
+  assert set(results["run_info"]) == {
+      f"{v}_2a/seed0" for v in ("wm", "lam", "oc_lam", "flam", "lam_joint")}
 
   again = _run("table1.py", root, jax_cache)  # Idempotent: nothing is trained or evaluated.
   assert again.returncode == 0, again.stderr[-3000:]
-  assert ": training " not in again.stdout and again.stdout.count("skipping") == 5
-  assert again.stdout.count("evaluation cached") == 4
+  assert ": training " not in again.stdout and again.stdout.count("skipping") == 6
+  assert again.stdout.count("evaluation cached") == 5
 
 
 @pytest.mark.slow
