@@ -45,6 +45,10 @@ def train_toy(variant: str, steps: int, seed: int = 0, eval_every: int = 0, **la
   config.optim.warmup_steps = 20
   config.num_train_steps = steps
   config.batch_size = 16
+  # A quarter of the toy's patches change every step (the quickstart's 2.5% is why it
+  # weighs them 10x); at 10x here, measured: action gain 0.45 but teacher-forced accuracy
+  # 0.72 against 0.755 for copy after 1000 steps. The plain mean:
+  config.lam.changed_patch_weight = 1.0
   config.lam.update(lam_overrides)
   stage = stage_fixtures.make_lam_stage(config, seed=seed)
   # Distinct token features (a random tiny tokenizer's codebook rows are nearly equal).
