@@ -35,7 +35,8 @@ from flam_jax.errors import ConfigError, FlamError
 def define_flags(default_root: str) -> None:
   """The flags every experiment script takes."""
   flags.DEFINE_enum("setting", "small", list(SETTINGS),
-                    "tiny (tests), small (CPU, tens of minutes) or paper (Table 4, GPU/TPU).")
+                    "tiny (tests), small (CPU, the 2026-11-23 runs), cpu (the quickstart recipe "
+                    "with 4 agents, CPU) or paper (Table 4, GPU/TPU).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every configuration.")
   flags.DEFINE_string("root", default_root, "Folder of the workdirs and the results.")
   flags.DEFINE_string("runs_root", "", "Folder of the datasets, tokenizers and runs if not "

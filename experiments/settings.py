@@ -14,7 +14,7 @@ from ml_collections import ConfigDict
 from configs import multigrid as multigrid_config
 from flam_jax.errors import ConfigError
 
-SETTINGS = ("tiny", "small", "paper")
+SETTINGS = ("tiny", "small", "cpu", "paper")
 VARIANT_TITLES = dict(wm="WM", lam="LAM", oc_lam="OC+LAM", flam="FLAM",
                       lam_joint="LAM (4^n codes)")
 ACTIONS_PER_AGENT = 4  # Multigrid: turn left / turn right / forward / stay.
@@ -72,6 +72,29 @@ _SETTINGS = {
             "lam.prediction_steps": 2, "lam.remat": False,
         },
         eval={"batch_size": 32, "probe_steps": 300}),
+    # The quickstart's recipe (configs/quickstart.py, the first size at which FLAM beat copy
+    # on a CPU) with 4 agents: 64 px frames of an 8x8 grid, one token per cell (8x8
+    # patches, 1024 codes), a 1500-step tokenizer at lr 2e-3 (its codes then show the
+    # headings), world models of d_model 64 for 3000 steps with the moving patches
+    # weighted 10x; about 6 minutes a world model on 2 CPU cores.
+    "cpu": Setting(
+        name="cpu",
+        common={
+            "data.image_size": 64, "data.num_workers": 0, "data.prefetch_buffer_size": 2,
+            "data.generate.grid_size": 8, "data.generate.episodes": 400,
+            "data.generate.episode_length": 16,
+            "tokenizer.encoder_channels": (16, 32, 32), "tokenizer.z_channels": 32,
+            "tokenizer.codebook_dim": 32, "log_every_steps": 100, "image_every_steps": 1000,
+            "checkpoint_every_steps": 500, "optim.warmup_steps": 50, "progress_bar": False,
+        },
+        tokenizer={"num_train_steps": 1500, "batch_size": 16, "optim.learning_rate": 2e-3},
+        lam={
+            "num_train_steps": 3000, "batch_size": 8, "optim.learning_rate": 1e-3,
+            "data.window_length": 6, "lam.d_model": 64, "lam.num_heads": 4,
+            "lam.num_blocks": 1, "lam.aggregator_blocks": 1, "lam.slot_iterations": 2,
+            "lam.prediction_steps": 2, "lam.remat": False, "lam.changed_patch_weight": 10.0,
+        },
+        eval={"batch_size": 32, "probe_steps": 300, "window_stride": 2}),
     # Test-only: 16 px frames of a 4x4 grid, a handful of episodes, 2-3 steps a stage.
     "tiny": Setting(
         name="tiny",
