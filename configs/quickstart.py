@@ -6,13 +6,12 @@
 tokenizer (8x8 = 64 patches, 1024 FSQ codes, 1500 steps), then FLAM with K=3 slots on
 sub-trajectories of 6 frames and 2 prediction steps (3000 steps), then evaluation on the
 test split. The top-level training keys describe the FLAM stage; the tokenizer's are in
-per_stage.tokenizer. About 11 minutes on 2 CPU cores.
+per_stage.tokenizer. About 10 minutes on 2 CPU cores.
 
 Sized so that the method works, not only runs (measured 2026-11-29, experiments/README.md):
 the tokenizer needs ~1500 steps at lr 2e-3 before its codes tell the agents' headings apart
-(1000 steps at 1e-3 left turns invisible in the tokens), FLAM overfits 100 episodes (train
-accuracy 0.998, test below copy), and `lam.changed_patch_weight` makes the few patches that
-move (2.5%) count in the loss.
+(1000 steps at 1e-3 left turns invisible in the tokens), and FLAM overfits 100 episodes
+(train accuracy 0.998, test below copy).
 """
 
 from ml_collections import ConfigDict
@@ -51,7 +50,6 @@ def get_config(arg: str = "flam"):
   config.lam.prediction_steps = 2
   config.lam.remat = False  # Small enough to keep activations; faster on a CPU.
   config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
-  config.lam.changed_patch_weight = 10.0  # The moving patches, ~2.5% here, weigh 10x.
 
   config.eval.window_stride = 2
   config.optim.learning_rate = 1e-3

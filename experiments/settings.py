@@ -75,8 +75,8 @@ _SETTINGS = {
     # The quickstart's recipe (configs/quickstart.py, the first size at which FLAM beat copy
     # on a CPU) with 4 agents: 64 px frames of an 8x8 grid, one token per cell (8x8
     # patches, 1024 codes), a 1500-step tokenizer at lr 2e-3 (its codes then show the
-    # headings), world models of d_model 64 for 3000 steps with the moving patches
-    # weighted 10x; about 6 minutes a world model on 2 CPU cores.
+    # headings), world models of d_model 64 for 3000 steps; about 6 minutes a world model
+    # on 2 CPU cores.
     "cpu": Setting(
         name="cpu",
         common={
@@ -92,7 +92,7 @@ _SETTINGS = {
             "num_train_steps": 3000, "batch_size": 8, "optim.learning_rate": 1e-3,
             "data.window_length": 6, "lam.d_model": 64, "lam.num_heads": 4,
             "lam.num_blocks": 1, "lam.aggregator_blocks": 1, "lam.slot_iterations": 2,
-            "lam.prediction_steps": 2, "lam.remat": False, "lam.changed_patch_weight": 10.0,
+            "lam.prediction_steps": 2, "lam.remat": False,
         },
         eval={"batch_size": 32, "probe_steps": 300, "window_stride": 2}),
     # Test-only: 16 px frames of a 4x4 grid, a handful of episodes, 2-3 steps a stage.
