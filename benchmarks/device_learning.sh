@@ -3,7 +3,11 @@
 #   1. learning curves on the toy of tests/test_learning.py (benchmarks/learning_curve.py),
 #      trained longer than the CPU test can: does a model only need more steps?
 #   2. the quickstart (configs/quickstart.py) with more steps than a CPU affords: a tokenizer,
-#      then FLAM for each run of $FLAM_RUNS, each evaluated on the test split.
+#      then FLAM for each run of $FLAM_RUNS, each evaluated on the test split;
+#   3. if PAPER_SLICE > 0: that many seconds of an experiment script at Table 4's setting
+#      ($PAPER_SCRIPT, default `table1.py --setting=paper --seeds=0`), its workdirs under
+#      $WORK/experiments; each call advances it a slice (SIGTERM checkpoints the run in
+#      progress) until the script finishes and writes its results.
 # Every stage runs under `timeout`: SIGTERM makes the trainer checkpoint, and a second run
 # of this script with the same $WORK resumes where the first stopped (idempotent, like
 # experiments/). Writes $OUT/*.log and *.json (default benchmarks/device_out).
@@ -25,6 +29,8 @@ FLAM_STEPS=${FLAM_STEPS:-6000}
 STAGE_TIMEOUT=${STAGE_TIMEOUT:-75}  # Seconds per training stage; eval runs after it.
 # FLAM runs: aggregator[:lam_key=value...], aggregator autoregressive or parallel.
 FLAM_RUNS=${FLAM_RUNS:-autoregressive parallel}
+PAPER_SLICE=${PAPER_SLICE:-0}
+PAPER_SCRIPT=${PAPER_SCRIPT:-table1.py --setting=paper --seeds=0}
 DEADLINE=${DEADLINE:-340}  # Seconds from the start; no run is given more than what is left.
 left() {  # min(limit, seconds left before DEADLINE), at least 1.
   local l=$(( DEADLINE - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
@@ -47,6 +53,7 @@ if [ "$TOY_STEPS" -gt 0 ]; then  # TOY_STEPS=0 skips the toy.
 fi
 
 QS=(--config=configs/quickstart.py --config.progress_bar=False)
+if [ "$TOKENIZER_STEPS" -gt 0 ]; then  # TOKENIZER_STEPS=0 skips the quickstart.
 echo "== quickstart tokenizer ($TOKENIZER_STEPS steps)"
 timeout "$(left "$STAGE_TIMEOUT")" $PY train.py "${QS[@]}" --workdir="$WORK/qs" --config.stage=tokenizer \
   --config.per_stage.tokenizer.num_train_steps="$TOKENIZER_STEPS" > "$OUT/tokenizer.log" 2>&1
@@ -71,4 +78,13 @@ for spec in $FLAM_RUNS; do
   grep "PSNR.*t=1 \|token accuracy.*t=1\|Delta PSNR\|perplexity\|disentangle\|^step " \
     "$OUT/flam_$name.log" | tail -n 14
 done
+fi
+if [ "$PAPER_SLICE" -gt 0 ]; then
+  echo "== a $PAPER_SLICE s slice of experiments/$PAPER_SCRIPT"
+  timeout "$(left "$PAPER_SLICE")" $PY experiments/$PAPER_SCRIPT --root="$WORK/experiments" \
+    > "$OUT/paper_slice.log" 2>&1
+  echo "slice: rc $? (124: stopped at the slice's end; the same call resumes it)"
+  grep "^\[" "$OUT/paper_slice.log" | tail -n 5
+  cp "$WORK"/experiments/*/results.md "$OUT/" 2>/dev/null
+fi
 echo "device_learning: figures in $OUT"
