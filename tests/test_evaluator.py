@@ -4,6 +4,7 @@ Compiles dominate: every model-level test uses the same tiny FLAM spec (the eval
 jit-cached on it), plus one LAM step and one 2-run sweep.
 """
 
+import dataclasses
 import json
 import os
 
@@ -13,7 +14,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from flam_jax.data import multigrid
-from flam_jax.errors import ConfigError
+from flam_jax.errors import ConfigError, DataError
 from flam_jax.lib import checkpointing, eval_step, evaluator
 from flam_jax.lib import probe as probe_lib
 from tests import stage_fixtures
@@ -162,6 +163,65 @@ def test_copy_baseline_is_exact_on_static_windows(batches):
   out = evaluator.Evaluator(stage).evaluate(params, static)
   np.testing.assert_allclose(out["copy_token_accuracy_t"], 1.0)
   np.testing.assert_allclose(out["copy_psnr_t"], out["tokenizer_psnr"], rtol=1e-4)
+
+
+def test_copy_baseline_copies_each_start_frame():
+  """With eval.starts='all' the copy baseline of start s predicts frame s (not frame 0):
+  frame t is the constant t/10, so copying start s at step j errs by (j+1)/10."""
+  t, p = 5, 2
+  pixels = np.broadcast_to(np.arange(t, dtype=np.float32)[None, :, None, None, None] / 10,
+                           (1, t, 4, 4, 3))
+  tokens = np.broadcast_to(np.array([0, 0, 1, 1, 1], np.int32)[None, :, None], (1, t, 6))
+  steps_sp = np.arange(p)[None, :] + np.arange(t - p)[:, None]
+  out = jax.device_get(eval_step.copy_baseline(pixels, pixels, tokens, steps_sp))
+  assert out["copy_psnr_t"].shape == (1, t - p, p)
+  want = -20 * np.log10((np.arange(p) + 1) / 10.0)  # PSNR of an error of (j+1)/10.
+  np.testing.assert_allclose(out["copy_psnr_t"][0], np.broadcast_to(want, (t - p, p)), rtol=1e-5)
+  # Tokens change between frames 1 and 2: start 0 copies to [0, 1], start 1 to [1, 1], ...
+  np.testing.assert_array_equal(out["copy_token_accuracy_t"][0], [[1, 0], [0, 0], [1, 1]])
+
+
+def test_all_starts_on_one_start_windows_equal_first(batches):
+  """'all' on windows of P+1 frames has one start, frame 0: every per-step metric (random
+  actions included) must equal 'first' on the full windows, whose start is frame 0 too."""
+  config, stage, (params,) = _stage_and_params("flam")
+  p = config.lam.prediction_steps
+  first = evaluator.Evaluator(stage).evaluate(params, batches)
+  short = [dict(b, frames=b["frames"][:, :p + 1], masks=b["masks"][:, :p + 1],
+                actions=b["actions"][:, :p]) for b in batches]
+  one_start = evaluator.Evaluator(stage, starts="all").evaluate(params, short)
+  assert first["starts"] == "first" and one_start["starts"] == "all"
+  for key in evaluator.PER_STEP_KEYS:
+    np.testing.assert_allclose(one_start[key], first[key], rtol=1e-5, err_msg=key)
+
+
+def test_all_starts_finite_with_the_same_keys(batches):
+  config, stage, (params,) = _stage_and_params("flam")
+  first = evaluator.Evaluator(stage).evaluate(params, batches)
+  every = evaluator.Evaluator(stage, starts="all").evaluate(params, batches)
+  assert set(every) == set(first) and every["num_windows"] == first["num_windows"]
+  for key in evaluator.PER_STEP_KEYS:
+    assert len(every[key]) == config.lam.prediction_steps and np.all(np.isfinite(every[key]))
+  # Windows of 4 frames, P = 2: starts 0 and 1; the copy baseline differs from frame 0's.
+  assert every["copy_psnr_t"] != first["copy_psnr_t"]
+  with pytest.raises(ConfigError, match="eval.starts='middle'"):
+    evaluator.Evaluator(stage, starts="middle")
+
+
+def test_skipped_metrics_follow_the_missing_ground_truth():
+  specs = {v: eval_step.EvalSpec.from_stage(_stage_and_params(v)[1]) for v in ("flam", "lam")}
+  everything = ("frames", "masks", "actions")
+  assert eval_step.skipped_metrics(specs["flam"], everything) == {}
+  assert set(eval_step.skipped_metrics(specs["flam"], ("frames",))) == {
+      "ari_fg", "disentanglement", "probe"}
+  # Per-slot actions are matched to agents through the masks; LAM's scene action is not.
+  assert "masks" in eval_step.skipped_metrics(specs["flam"], ("frames", "actions"))["probe"]
+  assert eval_step.skipped_metrics(specs["lam"], ("frames", "masks")) == {
+      "probe": "the dataset has no ground-truth actions"}
+  wm = dataclasses.replace(specs["lam"], model=specs["lam"].model.clone(variant="wm"))
+  assert eval_step.skipped_metrics(wm, ("frames", "actions")) == {}
+  with pytest.raises(DataError, match="wm baseline is driven by ground-truth actions"):
+    eval_step.skipped_metrics(wm, ("frames", "masks"))
 
 
 def test_sweep_equals_separate_evaluations(batches):
