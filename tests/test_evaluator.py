@@ -9,13 +9,14 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
 from flam_jax.data import multigrid
 from flam_jax.errors import ConfigError, DataError
-from flam_jax.lib import checkpointing, eval_step, evaluator
+from flam_jax.lib import checkpointing, config_validation, eval_step, evaluator, rollout
 from flam_jax.lib import probe as probe_lib
 from tests import stage_fixtures
 
@@ -59,11 +60,12 @@ def _random_params(init_fn, seed):
 _TOKENIZER = {}
 
 
-def _stage_and_params(variant, seeds=(0,)):
+def _stage_and_params(variant, seeds=(0,), **lam_overrides):
   """(config, stage, [params per seed]): stage_fixtures' tiny config on a random tokenizer."""
   from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
   from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   config = stage_fixtures.tiny_config("lam", variant)
+  config.lam.update(lam_overrides)
   tokenizer = make_tokenizer(config)
   if "params" not in _TOKENIZER:
     _TOKENIZER["params"] = _random_params(
@@ -195,6 +197,49 @@ def test_all_starts_on_one_start_windows_equal_first(batches):
     np.testing.assert_allclose(one_start[key], first[key], rtol=1e-5, err_msg=key)
 
 
+def test_all_starts_are_the_training_starts(batches):
+  """eval.starts='all' against the training forward pass (WorldModel.predict, which the
+  lam loss uses): its starts, recursively initialised slots and anchors, greedily decoded,
+  give the same PSNR and token accuracy, and its anchors the same copy token accuracy.
+  Without the residual anchor a random model's predictions follow its slots and actions
+  (with it they are mostly the anchor's tokens), so a wrong start frame or action shows."""
+  from flam_jax.lib import metrics  # pylint: disable=g-import-not-at-top
+  from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices  # pylint: disable=g-import-not-at-top
+  config, stage, (params,) = _stage_and_params("flam", aggregator_residual=False)
+  p, model = config.lam.prediction_steps, stage.model
+  every = evaluator.Evaluator(stage, starts="all").evaluate(params, batches)
+
+  @jax.jit
+  def training_starts(params, frames):
+    variables = {"params": params}
+    b, t = frames.shape[:2]
+    pixels = frames / 255.0
+    tokens = rollout.encode(stage.tokenizer, stage.tokenizer_params,
+                            pixels.reshape((b * t,) + frames.shape[2:])).reshape(b, t, -1)
+    features = rollout.features(stage.codebook, tokens)
+    entities, _ = rollout.entities(model, params, features)
+    actions = rollout.infer_actions(model, params, entities)["actions"]
+    out = model.apply(variables, entities, actions, features, tokens, prediction_steps=p,
+                      method=LatentActionWorldModel.predict)
+    greedy = model.apply(variables, out["predicted_entities"], out["anchor_tokens"],
+                         method=LatentActionWorldModel.decode_tokens)
+    hits = jnp.mean((greedy == out["targets"]).astype(jnp.float32), -1).reshape(b, -1, p)
+    copy = jnp.mean((out["anchor_tokens"] == out["targets"]).astype(jnp.float32), -1)
+    predicted = rollout.decode_pixels(stage.tokenizer, stage.tokenizer_params,
+                                      rollout.features(stage.codebook, greedy), stage.grid)
+    targets = jnp.moveaxis(pixels[:, rollout_indices(t, p) + 1], 2, 1)  # Rows (b, s, p).
+    psnr = metrics.psnr(targets.reshape(predicted.shape), predicted).reshape(b, -1, p)
+    return hits, copy.reshape(b, -1, p), psnr
+
+  outs = [jax.device_get(training_starts(params, b["frames"])) for b in batches]
+  hits, copy, psnr = (np.concatenate([o[i][b["valid"]] for o, b in zip(outs, batches)])
+                      for i in range(3))
+  assert hits.shape[1] == WINDOW - p  # Every training start.
+  np.testing.assert_allclose(every["psnr_t"], psnr.mean(axis=(0, 1)), rtol=1e-4)
+  np.testing.assert_allclose(every["token_accuracy_t"], hits.mean(axis=(0, 1)), rtol=1e-5)
+  np.testing.assert_allclose(every["copy_token_accuracy_t"], copy.mean(axis=(0, 1)), rtol=1e-5)
+
+
 def test_all_starts_finite_with_the_same_keys(batches):
   config, stage, (params,) = _stage_and_params("flam")
   first = evaluator.Evaluator(stage).evaluate(params, batches)
@@ -206,6 +251,10 @@ def test_all_starts_finite_with_the_same_keys(batches):
   assert every["copy_psnr_t"] != first["copy_psnr_t"]
   with pytest.raises(ConfigError, match="eval.starts='middle'"):
     evaluator.Evaluator(stage, starts="middle")
+  config.eval = ConfigDict(dict(starts="middle"))
+  assert config_validation.problems(config, "eval") == [
+      "config.eval.starts='middle' is not one of ('first', 'all'); set --config.eval.starts to "
+      "one of them"]
 
 
 def test_skipped_metrics_follow_the_missing_ground_truth():
