@@ -126,7 +126,7 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # ARI-FG, slot-agent disentanglement and the latent action probe on a split.
   config.eval = ConfigDict(dict(
       split="test", batch_size=0, max_batches=0, window_stride=0, steps="", workdirs="",
-      seed=0, probe_steps=300))
+      seed=0, probe_steps=300, starts="first"))
 
   # Policy learning (Sec 4.3, `--config.stage=policy`, flam_jax/stages/policy.py) on goal-task
   # demonstrations (flam_jax.data.goal_task): behaviour cloning on pseudo-labels f(a) of the

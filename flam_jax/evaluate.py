@@ -8,6 +8,10 @@ Loads the run(s) (`flam_jax.lib.loading`), evaluates them on a split with
 `flam_jax.lib.evaluator` (one jit-compiled vmap for several checkpoints or seeds),
 prints a markdown table and writes <workdir>/eval/metrics.json. Metric definitions:
 `flam_jax/lib/eval_step.py`, `flam_jax/lib/probe.py`, `flam_jax/lib/metrics.py`.
+
+Datasets without ground truth (imported action-free video) are evaluated too: the
+metrics that need the missing masks or actions are skipped, listed with the reason
+under "skipped" in metrics.json and below the table. wm cannot run without actions.
 """
 
 import json
@@ -18,10 +22,10 @@ import jax
 from ml_collections import ConfigDict
 
 from flam_jax import cli
-from flam_jax.data import pipeline, records
-from flam_jax.errors import ConfigError, DataError
+from flam_jax.data import pipeline
+from flam_jax.errors import ConfigError
 from flam_jax.lib import eval_step, loading, sharding
-from flam_jax.lib.evaluator import (DATA_FIELDS, EVAL_DEFAULTS, Evaluator, dataset_batches,
+from flam_jax.lib.evaluator import (EVAL_DEFAULTS, Evaluator, dataset_batches, dataset_fields,
                                     eval_settings)
 
 
@@ -53,8 +57,17 @@ def _load_runs(workdir: str, settings: Dict[str, Any]):
   return runs
 
 
+SKIPPED_KEYS = dict(ari_fg="ari_fg", disentanglement="disentanglement",
+                    probe_accuracy="probe", probe_majority="probe")  # Table key -> skipped key.
+
+
 def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str:
-  """A markdown table: one row per metric (per rollout step t for the per-step ones)."""
+  """A markdown table: one row per metric (per rollout step t for the per-step ones).
+
+  Metrics skipped for missing ground truth read "skipped", and one line per skipped
+  metric below the table says why.
+  """
+  skipped = results[0].get("skipped") or {}
   def fmt(v, digits=3):
     return "n/a" if v is None else f"{v:.{digits}f}"
   rows = [("windows", [str(r["num_windows"]) for r in results])]
@@ -71,24 +84,18 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
                      ("tokenizer_psnr", "tokenizer PSNR (ceiling)"), ("ari_fg", "ARI-FG"),
                      ("disentanglement", "slot-agent disentanglement"),
                      ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority")]:
-    rows.append((label, [fmt(r[key]) for r in results]))
+    if SKIPPED_KEYS.get(key) in skipped:
+      rows.append((label, ["skipped"] * len(results)))
+    else:
+      rows.append((label, [fmt(r[key]) for r in results]))
   lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
+  if results[0].get("starts", "first") != "first":
+    lines.append(f"\nRollouts from start frames: {results[0]['starts']} (eval.starts).")
+  if skipped:
+    lines.append("")
+  lines += [f"skipped {metric}: {why}" for metric, why in skipped.items()]
   return "\n".join(lines)
-
-
-def check_ground_truth(meta: Dict[str, Any], data_dir: str) -> None:
-  """DataError unless the dataset has the masks and actions the evaluation step reads.
-
-  A guard until the metrics that need them (ARI-FG, disentanglement, the probe) can be
-  skipped one by one: action-free imported video trains, but is not evaluated here.
-  """
-  missing = [f for f in DATA_FIELDS[1:] if f not in records.ground_truth(meta)]
-  if missing:
-    raise DataError(f"{data_dir} has no ground-truth {' and '.join(missing)} (its metadata "
-                    f"lists {records.ground_truth(meta) or 'none'}), which this evaluation "
-                    "needs for ARI-FG, disentanglement and the probe; evaluate on a dataset "
-                    "that has them (Multigrid, or import npz episodes with masks and actions)")
 
 
 def evaluate_workdir(workdir: str, settings: Dict[str, Any],
@@ -104,18 +111,20 @@ def evaluate_workdir(workdir: str, settings: Dict[str, Any],
   data_dir = data_dir or config.data.dir
   window_length = config.data.window_length
   meta = pipeline.load_metadata(data_dir)
-  check_ground_truth(meta, data_dir)
-  pipeline.validate(meta, image_size=config.data.image_size, window_length=window_length,
-                    num_agents=stage.num_agents)
+  fields = dataset_fields(meta)
   mesh_config = run_config if run_config is not None else config
   mesh = sharding.make_mesh(mesh_config.mesh.model_axis_size)
+  evaluator = Evaluator(stage, mesh, seed=int(settings["seed"]),
+                        probe_steps=int(settings["probe_steps"]), starts=str(settings["starts"]))
+  eval_step.skipped_metrics(evaluator.spec, fields)  # wm without actions: refused up front.
+  # Agents matter only to the ground truth; action-free video has none to compare.
+  pipeline.validate(meta, image_size=config.data.image_size, window_length=window_length,
+                    num_agents=stage.num_agents if len(fields) > 1 else None)
   batch_size = int(settings["batch_size"] or mesh_config.batch_size)
   stride = int(settings["window_stride"] or config.data.window_stride)
   batches = dataset_batches(data_dir, settings["split"], window_length=window_length,
                             batch_size=batch_size, window_stride=stride,
                             max_batches=int(settings["max_batches"]), mesh=mesh)
-  evaluator = Evaluator(stage, mesh, seed=int(settings["seed"]),
-                        probe_steps=int(settings["probe_steps"]))
   if len(runs) == 1:
     results = [evaluator.evaluate(runs[0][3], batches, runs[0][2].tokenizer_params)]
   else:

@@ -4,17 +4,19 @@ Compiles dominate: every model-level test uses the same tiny FLAM spec (the eval
 jit-cached on it), plus one LAM step and one 2-run sweep.
 """
 
+import dataclasses
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
 from flam_jax.data import multigrid
-from flam_jax.errors import ConfigError
-from flam_jax.lib import checkpointing, eval_step, evaluator
+from flam_jax.errors import ConfigError, DataError
+from flam_jax.lib import checkpointing, config_validation, eval_step, evaluator, rollout
 from flam_jax.lib import probe as probe_lib
 from tests import stage_fixtures
 
@@ -58,11 +60,12 @@ def _random_params(init_fn, seed):
 _TOKENIZER = {}
 
 
-def _stage_and_params(variant, seeds=(0,)):
+def _stage_and_params(variant, seeds=(0,), **lam_overrides):
   """(config, stage, [params per seed]): stage_fixtures' tiny config on a random tokenizer."""
   from flam_jax.stages.lam import LatentActionStage  # pylint: disable=g-import-not-at-top
   from flam_jax.lib.models import make_tokenizer  # pylint: disable=g-import-not-at-top
   config = stage_fixtures.tiny_config("lam", variant)
+  config.lam.update(lam_overrides)
   tokenizer = make_tokenizer(config)
   if "params" not in _TOKENIZER:
     _TOKENIZER["params"] = _random_params(
@@ -162,6 +165,112 @@ def test_copy_baseline_is_exact_on_static_windows(batches):
   out = evaluator.Evaluator(stage).evaluate(params, static)
   np.testing.assert_allclose(out["copy_token_accuracy_t"], 1.0)
   np.testing.assert_allclose(out["copy_psnr_t"], out["tokenizer_psnr"], rtol=1e-4)
+
+
+def test_copy_baseline_copies_each_start_frame():
+  """With eval.starts='all' the copy baseline of start s predicts frame s (not frame 0):
+  frame t is the constant t/10, so copying start s at step j errs by (j+1)/10."""
+  t, p = 5, 2
+  pixels = np.broadcast_to(np.arange(t, dtype=np.float32)[None, :, None, None, None] / 10,
+                           (1, t, 4, 4, 3))
+  tokens = np.broadcast_to(np.array([0, 0, 1, 1, 1], np.int32)[None, :, None], (1, t, 6))
+  steps_sp = np.arange(p)[None, :] + np.arange(t - p)[:, None]
+  out = jax.device_get(eval_step.copy_baseline(pixels, pixels, tokens, steps_sp))
+  assert out["copy_psnr_t"].shape == (1, t - p, p)
+  want = -20 * np.log10((np.arange(p) + 1) / 10.0)  # PSNR of an error of (j+1)/10.
+  np.testing.assert_allclose(out["copy_psnr_t"][0], np.broadcast_to(want, (t - p, p)), rtol=1e-5)
+  # Tokens change between frames 1 and 2: start 0 copies to [0, 1], start 1 to [1, 1], ...
+  np.testing.assert_array_equal(out["copy_token_accuracy_t"][0], [[1, 0], [0, 0], [1, 1]])
+
+
+def test_all_starts_on_one_start_windows_equal_first(batches):
+  """'all' on windows of P+1 frames has one start, frame 0: every per-step metric (random
+  actions included) must equal 'first' on the full windows, whose start is frame 0 too."""
+  config, stage, (params,) = _stage_and_params("flam")
+  p = config.lam.prediction_steps
+  first = evaluator.Evaluator(stage).evaluate(params, batches)
+  short = [dict(b, frames=b["frames"][:, :p + 1], masks=b["masks"][:, :p + 1],
+                actions=b["actions"][:, :p]) for b in batches]
+  one_start = evaluator.Evaluator(stage, starts="all").evaluate(params, short)
+  assert first["starts"] == "first" and one_start["starts"] == "all"
+  for key in evaluator.PER_STEP_KEYS:
+    np.testing.assert_allclose(one_start[key], first[key], rtol=1e-5, err_msg=key)
+
+
+def test_all_starts_are_the_training_starts(batches):
+  """eval.starts='all' against the training forward pass (WorldModel.predict, which the
+  lam loss uses): its starts, recursively initialised slots and anchors, greedily decoded,
+  give the same PSNR and token accuracy, and its anchors the same copy token accuracy.
+  Without the residual anchor a random model's predictions follow its slots and actions
+  (with it they are mostly the anchor's tokens), so a wrong start frame or action shows."""
+  from flam_jax.lib import metrics  # pylint: disable=g-import-not-at-top
+  from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices  # pylint: disable=g-import-not-at-top
+  config, stage, (params,) = _stage_and_params("flam", aggregator_residual=False)
+  p, model = config.lam.prediction_steps, stage.model
+  every = evaluator.Evaluator(stage, starts="all").evaluate(params, batches)
+
+  @jax.jit
+  def training_starts(params, frames):
+    variables = {"params": params}
+    b, t = frames.shape[:2]
+    pixels = frames / 255.0
+    tokens = rollout.encode(stage.tokenizer, stage.tokenizer_params,
+                            pixels.reshape((b * t,) + frames.shape[2:])).reshape(b, t, -1)
+    features = rollout.features(stage.codebook, tokens)
+    entities, _ = rollout.entities(model, params, features)
+    actions = rollout.infer_actions(model, params, entities)["actions"]
+    out = model.apply(variables, entities, actions, features, tokens, prediction_steps=p,
+                      method=LatentActionWorldModel.predict)
+    greedy = model.apply(variables, out["predicted_entities"], out["anchor_tokens"],
+                         method=LatentActionWorldModel.decode_tokens)
+    hits = jnp.mean((greedy == out["targets"]).astype(jnp.float32), -1).reshape(b, -1, p)
+    copy = jnp.mean((out["anchor_tokens"] == out["targets"]).astype(jnp.float32), -1)
+    predicted = rollout.decode_pixels(stage.tokenizer, stage.tokenizer_params,
+                                      rollout.features(stage.codebook, greedy), stage.grid)
+    targets = jnp.moveaxis(pixels[:, rollout_indices(t, p) + 1], 2, 1)  # Rows (b, s, p).
+    psnr = metrics.psnr(targets.reshape(predicted.shape), predicted).reshape(b, -1, p)
+    return hits, copy.reshape(b, -1, p), psnr
+
+  outs = [jax.device_get(training_starts(params, b["frames"])) for b in batches]
+  hits, copy, psnr = (np.concatenate([o[i][b["valid"]] for o, b in zip(outs, batches)])
+                      for i in range(3))
+  assert hits.shape[1] == WINDOW - p  # Every training start.
+  np.testing.assert_allclose(every["psnr_t"], psnr.mean(axis=(0, 1)), rtol=1e-4)
+  np.testing.assert_allclose(every["token_accuracy_t"], hits.mean(axis=(0, 1)), rtol=1e-5)
+  np.testing.assert_allclose(every["copy_token_accuracy_t"], copy.mean(axis=(0, 1)), rtol=1e-5)
+
+
+def test_all_starts_finite_with_the_same_keys(batches):
+  config, stage, (params,) = _stage_and_params("flam")
+  first = evaluator.Evaluator(stage).evaluate(params, batches)
+  every = evaluator.Evaluator(stage, starts="all").evaluate(params, batches)
+  assert set(every) == set(first) and every["num_windows"] == first["num_windows"]
+  for key in evaluator.PER_STEP_KEYS:
+    assert len(every[key]) == config.lam.prediction_steps and np.all(np.isfinite(every[key]))
+  # Windows of 4 frames, P = 2: starts 0 and 1; the copy baseline differs from frame 0's.
+  assert every["copy_psnr_t"] != first["copy_psnr_t"]
+  with pytest.raises(ConfigError, match="eval.starts='middle'"):
+    evaluator.Evaluator(stage, starts="middle")
+  config.eval = ConfigDict(dict(starts="middle"))
+  assert config_validation.problems(config, "eval") == [
+      "config.eval.starts='middle' is not one of ('first', 'all'); set --config.eval.starts to "
+      "one of them"]
+
+
+def test_skipped_metrics_follow_the_missing_ground_truth():
+  specs = {v: eval_step.EvalSpec.from_stage(_stage_and_params(v)[1]) for v in ("flam", "lam")}
+  everything = ("frames", "masks", "actions")
+  assert eval_step.skipped_metrics(specs["flam"], everything) == {}
+  assert set(eval_step.skipped_metrics(specs["flam"], ("frames",))) == {
+      "ari_fg", "disentanglement", "probe"}
+  # Per-slot actions are matched to agents through the masks; LAM's scene action is not.
+  assert "masks" in eval_step.skipped_metrics(specs["flam"], ("frames", "actions"))["probe"]
+  assert eval_step.skipped_metrics(specs["lam"], ("frames", "masks")) == {
+      "probe": "the dataset has no ground-truth actions"}
+  wm = dataclasses.replace(specs["lam"], model=specs["lam"].model.clone(variant="wm"))
+  assert eval_step.skipped_metrics(wm, ("frames", "actions")) == {}
+  with pytest.raises(DataError, match="wm baseline is driven by ground-truth actions"):
+    eval_step.skipped_metrics(wm, ("frames", "masks"))
 
 
 def test_sweep_equals_separate_evaluations(batches):

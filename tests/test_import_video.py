@@ -73,15 +73,43 @@ def test_video_round_trip_within_codec_loss(tmp_path, ext):
     assert np.abs(got["frames"].astype(int) - want).mean() < 4.0  # Codec's rounding only.
 
 
-def test_evaluation_refuses_data_without_ground_truth(tmp_path):
-  """Action-free video trains but is not evaluated: one line naming what is missing."""
-  from flam_jax import evaluate  # pylint: disable=g-import-not-at-top
-  out = str(tmp_path / "out")
-  vf.write_npz_episodes(str(tmp_path / "npz"), [5, 6, 5], size=(16, 16), with_truth=False)
-  meta = iv.import_dataset(str(tmp_path / "npz"), "npz", out, image_size=0, progress=False)
-  with pytest.raises(DataError, match="no ground-truth masks and actions"):
-    evaluate.check_ground_truth(meta, out)
-  evaluate.check_ground_truth(dict(meta, ground_truth=["actions", "masks"]), out)
+def test_evaluation_on_an_action_free_copy_skips_what_needs_ground_truth(tmp_path, capsys):
+  """A tiny FLAM trained on npz episodes with ground truth, evaluated on an action-free
+  copy of the same frames: ARI-FG, disentanglement and the probe are skipped and said so
+  (metrics.json, the table, one console line each); PSNR and the rest are finite."""
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from tests import stage_fixtures  # pylint: disable=g-import-not-at-top
+  lengths = [6] * 10
+  for name, with_truth in (("truth", True), ("free", False)):
+    vf.write_npz_episodes(str(tmp_path / f"{name}_npz"), lengths, size=(16, 16),
+                          with_truth=with_truth)
+    iv.import_dataset(str(tmp_path / f"{name}_npz"), "npz", str(tmp_path / name), image_size=0,
+                      progress=False)
+  config = stage_fixtures.tiny_config("lam")
+  config.stage, config.data.dir = "tokenizer,lam", str(tmp_path / "truth")
+  config.data.num_workers, config.progress_bar = 0, False
+  config.batch_size, config.num_train_steps = 2, 2
+  config.log_every_steps, config.image_every_steps, config.checkpoint_every_steps = 1, 100, 100
+  workdir = str(tmp_path / "work")
+  train.run(config, workdir)
+
+  config.stage, config.data.dir = "eval", str(tmp_path / "free")
+  config.eval = ConfigDict(dict(batch_size=2))
+  capsys.readouterr()
+  out = train.run(config, workdir)
+  printed = capsys.readouterr().out
+  with open(out["metrics_path"]) as f:
+    saved = json.load(f)
+  assert set(saved["skipped"]) == {"ari_fg", "disentanglement", "probe"}
+  assert saved["ari_fg"] is None and saved["probe_accuracy"] is None
+  for key in ("psnr_t", "delta_psnr_t", "token_accuracy_t", "copy_psnr_t",
+              "copy_token_accuracy_t"):
+    assert np.all(np.isfinite(saved[key])), key
+  assert np.isfinite(saved["tokenizer_psnr"]) and saved["num_windows"] == 3
+  assert "| ARI-FG | skipped |" in out["table"]
+  for metric in saved["skipped"]:
+    assert f"skipped {metric}: the dataset has no ground-truth" in printed
 
 
 def test_png_folders_in_natural_order(tmp_path):

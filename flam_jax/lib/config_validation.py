@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ml_collections import ConfigDict
 
 from flam_jax.errors import ConfigError
+from flam_jax.lib.eval_step import START_MODES
 from flam_jax.modules.latent_action import BOTTLENECK_KINDS
 from flam_jax.modules.slot_matching import MATCHING_LOSSES
 from flam_jax.modules.world_model import VARIANTS
@@ -214,6 +215,7 @@ EVAL_RULES: Tuple[Rule, ...] = (
     Rule("eval.window_stride", "int", low=0, optional=True),
     Rule("eval.seed", "int", low=0, optional=True),
     Rule("eval.probe_steps", "int", low=0, optional=True),
+    Rule("eval.starts", "str", choices=START_MODES, optional=True),
 )
 
 _DATA_CHECKS = (Check("data.generate", _generated_data_is_valid),)

@@ -1,8 +1,8 @@
 """Evaluation of trained latent action world models (Sec 4.3, 5.4-5.9): the batching driver.
 
 `Evaluator` runs the jit-compiled metrics step (`eval_step.py`) over batches of test
-windows (frames, entity masks, ground-truth actions), sharded over the mesh's data
-axis, and reduces the per-example outputs on the host (`summarize`, with the latent
+windows (frames, and the entity masks and ground-truth actions where the dataset has
+them), sharded over the mesh's data axis, and reduces the per-example outputs on the host (`summarize`, with the latent
 action probe of `probe.py`). Several parameter sets of one config (checkpoints or
 seeds) are evaluated together by one jit-compiled vmap over the parameter axis
 (`Evaluator.evaluate_sweep`). `dataset_batches` reads one ordered pass over a split.
@@ -32,8 +32,9 @@ EVAL_DEFAULTS = dict(
     workdirs="",        # Comma-separated extra workdirs of the same config (seeds) to sweep.
     seed=0,             # Random latent actions for Delta PSNR.
     probe_steps=300,    # Full-batch gradient steps of the latent action probe.
+    starts="first",     # Rollout start frames: "first" (frame 0) or "all" (training's starts).
 )
-DATA_FIELDS = ("frames", "masks", "actions")
+DATA_FIELDS = ("frames", "masks", "actions")  # frames, then the optional ground truth.
 PER_STEP_KEYS = ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t",
                  "copy_psnr_t", "copy_token_accuracy_t")
 
@@ -53,20 +54,25 @@ def eval_settings(config: ConfigDict) -> Dict[str, Any]:
 
 # ---- Host reductions. ----
 def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
-              probe_steps: int = 300) -> Dict[str, Any]:
+              probe_steps: int = 300, skipped: Optional[Dict[str, str]] = None
+              ) -> Dict[str, Any]:
   """Dataset metrics from per-example arrays (padding removed via `valid`).
 
   Means over windows: psnr_t, ssim_t, psnr_random_t, delta_psnr_t,
   token_accuracy_t (per step t = 1..P), tokenizer_psnr, ari_fg (per window: mean
   over its frames). disentanglement = sum of matched shares / number of
-  (transition, moving agent) pairs. Keys that do not apply to the variant are None.
+  (transition, moving agent) pairs. Keys that do not apply to the variant, or whose
+  ground truth the data lacks, are None; `skipped` ({metric: why},
+  `eval_step.skipped_metrics`) is reported as is. Per-step metrics are means over the
+  windows of the per-window means over start frames (`eval_step.eval_step`).
   """
   valid = np.asarray(per_example["valid"]).astype(bool)
   ex = {k: np.asarray(v)[valid] for k, v in per_example.items()}
   if not valid.any():
     raise DataError("no evaluation windows; check eval.split and eval.max_batches")
   out: Dict[str, Any] = dict(variant=spec.variant, num_windows=int(valid.sum()),
-                             prediction_steps=spec.prediction_steps)
+                             prediction_steps=spec.prediction_steps, starts=spec.starts,
+                             skipped=dict(skipped or {}))
   for key in PER_STEP_KEYS:
     out[key] = ex[key].mean(axis=0).tolist() if key in ex else None
   out["psnr_mean"] = float(np.mean(out["psnr_t"]))
@@ -110,13 +116,15 @@ class Evaluator:
   `stage`: a `models.LoadedWorldModel` or a lam stage (the same attributes).
   """
 
-  def __init__(self, stage, mesh=None, *, seed: int = 0, probe_steps: int = 300):
+  def __init__(self, stage, mesh=None, *, seed: int = 0, probe_steps: int = 300,
+               starts: str = "first"):
     self.stage = stage
-    self.spec = eval_step.EvalSpec.from_stage(stage)
+    self.spec = eval_step.EvalSpec.from_stage(stage, starts)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(1)
     self.seed = seed
     self.probe_steps = probe_steps
     self.timings: Dict[str, float] = {}
+    self.skipped: Dict[str, str] = {}  # Of the last evaluation's data.
 
   def _local_rows(self, n: int) -> int:
     """n rounded up to a multiple of this process's share of the data axis."""
@@ -124,10 +132,17 @@ class Evaluator:
     return -(-n // per_process) * per_process
 
   def _prepare(self, batches: Iterable[Dict[str, np.ndarray]]) -> Iterator[Dict[str, jax.Array]]:
-    """numpy batches (+ optional valid/index/episode) -> padded, globally sharded batches."""
-    rows, offset = None, 0
+    """numpy batches (+ optional valid/index/episode) -> padded, globally sharded batches.
+
+    Sets `self.skipped` from the first batch's ground-truth fields (DataError for wm
+    without actions); every batch must hold the same fields.
+    """
+    rows, offset, fields = None, 0, None
     for batch in batches:
-      local = {k: np.asarray(batch[k]) for k in DATA_FIELDS}
+      if fields is None:
+        fields = tuple(k for k in DATA_FIELDS if k in batch)
+        self.skipped = eval_step.skipped_metrics(self.spec, fields)
+      local = {k: np.asarray(batch[k]) for k in fields}
       size = local["frames"].shape[0]
       local["valid"] = np.asarray(batch.get("valid", np.ones((size,), bool)), bool)
       index = offset + np.arange(size)
@@ -191,7 +206,8 @@ class Evaluator:
     tok = self.stage.tokenizer_params if tokenizer_params is None else tokenizer_params
     state = dict(lam=params, tokenizer=tok, codebook=self._codebook(tok))
     per_example = self._run(eval_step.jit_eval_step, state, batches, 0)
-    return dict(summarize(per_example, self.spec, self.probe_steps), **self.timings)
+    return dict(summarize(per_example, self.spec, self.probe_steps, self.skipped),
+                **self.timings)
 
   def evaluate_sweep(self, params_list: Sequence[Any], batches,
                      tokenizer_params_list: Optional[Sequence[Any]] = None) -> List[Dict[str, Any]]:
@@ -213,7 +229,8 @@ class Evaluator:
     step_fn = lambda spec, st, batch, rng: eval_step.jit_sweep_step(spec, st, batch, rng, shared)
     per_example = self._run(step_fn, state, batches, 1)
     return [dict(summarize({k: v[r] for k, v in per_example.items()}, self.spec,
-                           self.probe_steps), swept_runs=len(params_list), **self.timings)
+                           self.probe_steps, self.skipped), swept_runs=len(params_list),
+                 **self.timings)
             for r in range(len(params_list))]
 
 
@@ -228,10 +245,17 @@ def evaluate_sweep(stage, params_list, batches, **kwargs) -> List[Dict[str, Any]
 
 
 # ---- Dataset windows. ----
+def dataset_fields(meta: Dict[str, Any]) -> tuple:
+  """The DATA_FIELDS a dataset holds: frames and whichever ground truth it has."""
+  return tuple(f for f in DATA_FIELDS if f == "frames" or f in records.ground_truth(meta))
+
+
 def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size: int,
                     window_stride: int = 1, max_batches: int = 0,
                     mesh=None) -> Iterator[Dict[str, np.ndarray]]:
   """This process's batches of one ordered pass over `split` (frames, masks, actions).
+
+  Masks and actions only where the dataset holds them (`dataset_fields`).
 
   Every process yields the same number of batches (missing ones are all padding),
   each of batch_size / process_count windows (the last one zero-padded) with
@@ -242,8 +266,9 @@ def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size
                       f"{mesh.shape[sharding.DATA_AXIS]} devices of the data axis; use a "
                       "multiple of it")
   local_size = batch_size // jax.process_count()
+  fields = dataset_fields(pipeline.load_metadata(data_dir))
   source = pipeline.WindowSource(data_dir, split, window_length=window_length,
-                                 window_stride=window_stride, fields=DATA_FIELDS)
+                                 window_stride=window_stride, fields=fields)
   lo, _ = records.shard_bounds(len(source), jax.process_index(), jax.process_count())
   num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / local_size)
   if max_batches:
@@ -251,7 +276,7 @@ def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size
   ds = iter(pipeline.make_dataset(
       data_dir, split, window_length=window_length, batch_size=local_size, seed=0,
       shuffle=False, num_epochs=1, window_stride=window_stride, drop_remainder=False,
-      fields=DATA_FIELDS))
+      fields=fields))
   offset, last = lo, None
   for _ in range(num_batches):
     batch = next(ds, None)
@@ -265,7 +290,7 @@ def dataset_batches(data_dir: str, split: str, *, window_length: int, batch_size
     batch = dict(batch, valid=np.ones((size,), bool), index=index.astype(np.int32),
                  episode=source.episode_of(index).astype(np.int32))
     offset += size
-    last = {k: batch[k] for k in DATA_FIELDS}
+    last = {k: batch[k] for k in fields}
     yield _pad(batch, local_size)
 
 
