@@ -5,7 +5,7 @@
 
 Classification (the paper's default): the aggregator predicts the next frame's codebook
 indices patch by patch (hierarchical sub-token softmaxes, Eq. 5). Regression: it predicts
-the quantized feature values directly. Both are FLAM with K = number of agents on the
+the quantized feature values directly. Both are FLAM with K = number of agents + 1 on the
 Table 1 Multigrid. The paper gives no numbers (Fig. 7 is qualitative); it claims
 classification predicts better because discretization stops errors accumulating over
 the multi-step rollout, so PSNR at t=P matters as much as at t=1.

@@ -80,7 +80,7 @@ def header_lines(title: str, experiment: Experiment, seeds: Sequence[int]) -> Li
       f"{s['tokenizer_steps']} steps (batch {s['tokenizer_batch']}), one per dataset",
       f"- world models: d_model {s['d_model']}, {s['blocks']} block(s), "
       f"{s['window_length']}-frame windows, {s['prediction_steps']} prediction steps, "
-      f"{s['lam_steps']} steps (batch {s['lam_batch']}); FLAM: K = number of agents, "
+      f"{s['lam_steps']} steps (batch {s['lam_batch']}); FLAM: K = number of agents + 1, "
       f"action FSQ levels {s['action_levels']}",
       f"- runs: {experiment.runs_dir}",
       f"- wall time of this invocation: {experiment.timings.get('total', 0.0):.0f} s "

@@ -3,7 +3,7 @@
     python experiments/slot_init.py --setting=small --seeds=0,1,2
     python experiments/slot_init.py --setting=paper --seeds=0,1,2
 
-Five FLAM configs on the Table 1 Multigrid (K = number of agents):
+Five FLAM configs on the Table 1 Multigrid (K = number of agents + 1):
   recursive     frame t's slots start from frame t-1's final slots (the paper's default);
   learned       every frame starts from the learned slot embeddings;
   + distribution / hungarian / contrastive: learned init plus one of Appendix E's slot
