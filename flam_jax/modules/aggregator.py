@@ -127,8 +127,8 @@ class ClassificationAggregator(nn.Module):
   greedy generation (lax.scan over patches, optional key/value cache). With
   `parallel=True` the aggregator is not autoregressive: position n's input is
   pos[n] + emb_anchor(c_anchor^n), self-attention is bidirectional, and `decode` is a
-  single pass (a one-step MaskGIT-style decoder; an option of ours, not the paper's). `loss` and
-  `accuracy` need no parameters and work on an unbound module.
+  single pass (a one-step MaskGIT-style decoder; an option of ours, not the paper's).
+  `loss` and `accuracy` need no parameters and work on an unbound module.
   """
 
   num_patches: int
@@ -147,7 +147,8 @@ class ClassificationAggregator(nn.Module):
   # Parallel decoding: every patch is predicted at once from the slots and the anchor
   # frame (bidirectional self-attention, no previous-token input), so there is no
   # teacher forcing to lean on (the motion must come from the slots, i.e. the actions)
-  # and greedy generation is one pass with no exposure bias. Needs an anchor to copy from.
+  # and greedy generation is one pass with no exposure bias. Without an anchor every
+  # token must come from the slots alone; the configs pair it with aggregator_residual.
   parallel: bool = False
 
   def _check_config(self):

@@ -137,9 +137,9 @@ class LatentActionStage:
     """(per-example prediction loss [M], accuracy [M] or None) of the predictions `out`.
 
     weighted: patches whose target token differs from the start frame's count
-    `lam.changed_patch_weight` times (a weighted mean over patches). In Multigrid ~98% of
-    patches repeat, so the few that move, the only ones the actions explain, otherwise
-    weigh almost nothing against copying. Diagnostics use the unweighted loss.
+    `lam.changed_patch_weight` times (a weighted mean over patches; 1, the configs'
+    value, is the plain mean). An option for data where little moves; on the quickstart
+    10x was worse than 1 (experiments/README.md). Diagnostics use the unweighted loss.
     """
     lam = self.config.lam
     weights = None
