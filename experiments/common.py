@@ -42,6 +42,12 @@ def define_flags(default_root: str) -> None:
   flags.DEFINE_string("runs_root", "", "Folder of the datasets, tokenizers and runs if not "
                       "--root; point several scripts at one to share runs (e.g. results/runs).")
   flags.DEFINE_float("steps_scale", 1.0, "Multiplies every stage's training steps.")
+  flags.DEFINE_list("only", [], "Train (and evaluate) only the runs with these labels (e.g. "
+                    "flam,lam; `tokenizer` alone: only the datasets and tokenizers) and write "
+                    "no report: for running one script's runs in parallel processes, then "
+                    "once without --only to evaluate what is missing and report.")
+  flags.DEFINE_bool("train_only", False, "Train (datasets, tokenizers, runs) and stop before "
+                    "the evaluation and the report.")
   flags.DEFINE_string("compilation_cache", "auto", "JAX persistent compilation cache: auto "
                       "(<runs>/jax_cache unless $JAX_COMPILATION_CACHE_DIR), none, or a folder.")
 
@@ -80,8 +86,22 @@ def script_main(name: str, make_runs: Callable[[Experiment, List[int]], List[Run
     try:
       experiment, seeds = experiment_from_flags(name)
       runs = make_runs(experiment, seeds)
+      only = flags.FLAGS.only
+      if only:
+        known = sorted({r.label for r in runs} | {"tokenizer"})
+        unknown = [label for label in only if label not in known]
+        if unknown:
+          raise ConfigError(f"--only={','.join(only)}: {','.join(unknown)} is not a run of "
+                            f"{name}; choose from {','.join(known)}")
+        for n in sorted({r.num_agents for r in runs}):
+          experiment.ensure_tokenizer(n)
+        runs = [r for r in runs if r.label in only]
+      if flags.FLAGS.train_only:
+        experiment.train_all(runs)
+        return
       metrics = experiment.run_all(runs)
-      report(experiment, runs, metrics, seeds)
+      if not only:
+        report(experiment, runs, metrics, seeds)
     except FlamError as e:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)

@@ -170,12 +170,16 @@ class Experiment:
       release_memory()
     return out
 
-  def run_all(self, runs: Sequence[Run]) -> Dict[str, List[Dict[str, Any]]]:
-    """Trains every run (in order, skipping finished ones), then evaluates them."""
-    start = time.time()
+  def train_all(self, runs: Sequence[Run]) -> None:
+    """Trains every run in order, skipping finished ones."""
     for i, run in enumerate(runs):
       print(f"[{self.name}] run {i + 1}/{len(runs)}: {run.group} seed {run.seed}", flush=True)
       self.ensure_run(run)
+
+  def run_all(self, runs: Sequence[Run]) -> Dict[str, List[Dict[str, Any]]]:
+    """Trains every run (in order, skipping finished ones), then evaluates them."""
+    start = time.time()
+    self.train_all(runs)
     metrics = self.evaluate(runs)
     self.timings["total"] = time.time() - start
     return metrics

@@ -128,8 +128,19 @@ def _finite(stat):
 @pytest.mark.slow
 def test_table1_end_to_end_and_rerun_skips(tmp_path, jax_cache):
   root = str(tmp_path / "table1")
+  # Parallel-friendly parts first (benchmarks/device_experiment.sh): the tokenizer alone,
+  # then two runs trained only, then one evaluated without a report.
+  for extra, trained in ((("--only=tokenizer",), "tokenizer"),
+                         (("--only=flam,wm", "--train_only"), "flam_2a seed 0"),
+                         (("--only=lam",), "lam_2a seed 0")):
+    out = _run("table1.py", root, jax_cache, *extra)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert f"{trained}: training" in out.stdout or f"{trained} (2 agents): training" in out.stdout
+    assert not os.path.exists(os.path.join(root, "results.json")), extra
+  assert "evaluating" not in out.stdout.replace("lam_2a: evaluating", "")
   out = _run("table1.py", root, jax_cache)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert out.stdout.count(": training ") == 2 and out.stdout.count("evaluation cached") == 1
   results, markdown = _results(root)
   for variant in ("wm", "lam", "oc_lam", "flam", "lam_joint"):
     assert _finite(results["stats"][variant]["psnr_t@1"]), variant
@@ -189,6 +200,7 @@ def test_slot_init_end_to_end(tmp_path, jax_cache):
 @pytest.mark.slow
 @pytest.mark.parametrize("script, flag, message", [
     ("table1.py", "--seeds=zero", "--seeds"),
+    ("table1.py", "--only=nope", "--only"),
     ("table2.py", "--entities=32", "--entities"),
     ("slot_init.py", "--steps_scale=0", "--steps_scale"),
 ])
