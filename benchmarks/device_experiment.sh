@@ -30,6 +30,7 @@ LABELS=${LABELS:-wm,flam,lam,lam_joint,oc_lam}
 KEEP_CKPT=${KEEP_CKPT:-flam,lam}  # Labels whose checkpoints come back (size: $OUT's limits).
 TRAIN_DEADLINE=${TRAIN_DEADLINE:-380}  # Seconds from the start when training stops.
 DEADLINE=${DEADLINE:-530}  # Seconds from the start when evaluation stops.
+# NO_REPORT=1: evaluate the labels but write no report (e.g. when $LABELS are some columns).
 left() {  # min(limit, seconds left before the deadline $2), at least 1.
   local l=$(( $2 - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
 }
@@ -75,7 +76,7 @@ echo "== evaluation per label in parallel ($SECONDS s)"
 finished() {  # Did every seed of label $1 finish training?
   local seed
   for seed in "${seeds[@]}"; do
-    grep -q "Stage lam finished\|finished at step" "$WORK/logs/train_${1}_$seed.log" || return 1
+    grep -q "Stage lam finished\|seed $seed: finished at step" "$WORK/logs/train_${1}_$seed.log" || return 1
   done
 }
 pids=(); unfinished=()
@@ -86,7 +87,7 @@ for label in "${labels[@]}"; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-if [ "${#unfinished[@]}" -eq 0 ]; then
+if [ "${#unfinished[@]}" -eq 0 ] && [ -z "${NO_REPORT:-}" ]; then
   echo "== report ($SECONDS s)"
   timeout "$(left 3600 "$DEADLINE")" "${EXP[@]}" --seeds="$SEEDS" > "$WORK/logs/report.log" 2>&1
   echo "report: rc $?"; sed -n '/^# /,$p' "$WORK/logs/report.log" | head -n 40

@@ -150,7 +150,8 @@ class Experiment:
       settings.update(workdirs=",".join(workdirs[1:]), steps="")
       # The metric names are in the key: evaluations cached before a metric was added rerun.
       key = dict(workdirs=workdirs, steps=steps, settings=settings,
-                 metrics=list(evaluator.PER_STEP_KEYS))
+                 metrics=list(evaluator.PER_STEP_KEYS)
+                 + [f"probe_{k}" for k in evaluator.PROBE_KEYS])
       cache = os.path.join(self.runs_dir, "evals", f"{group}.json")
       cached = read_json(cache)
       if cached and cached.get("key") == json.loads(json.dumps(key)):

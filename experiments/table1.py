@@ -33,6 +33,7 @@ EXTRA_ROWS = (
     ("token_accuracy_t@1", "token accuracy t=1"), ("tokenizer_psnr", "tokenizer PSNR (ceiling)"),
     ("ari_fg", "ARI-FG (slots vs agents)"), ("disentanglement", "slot-agent disentanglement"),
     ("probe_accuracy", "latent action probe accuracy"), ("probe_majority", "probe majority baseline"),
+    ("probe_accuracy_given_heading", "probe accuracy given the agent's heading"),
     ("copy_psnr_t@1", "PSNR t=1 of copy (predict no change)"),
     ("copy_token_accuracy_t@1", "token accuracy t=1 of copy"),
 )

@@ -58,7 +58,8 @@ def _load_runs(workdir: str, settings: Dict[str, Any]):
 
 
 SKIPPED_KEYS = dict(ari_fg="ari_fg", disentanglement="disentanglement",
-                    probe_accuracy="probe", probe_majority="probe")  # Table key -> skipped key.
+                    probe_accuracy="probe", probe_majority="probe",
+                    probe_accuracy_given_heading="probe")  # Table key -> skipped key.
 
 
 def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str:
@@ -83,11 +84,12 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
   for key, label in [("psnr_mean", "PSNR mean over t"), ("delta_psnr_mean", "Delta PSNR mean"),
                      ("tokenizer_psnr", "tokenizer PSNR (ceiling)"), ("ari_fg", "ARI-FG"),
                      ("disentanglement", "slot-agent disentanglement"),
-                     ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority")]:
+                     ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority"),
+                     ("probe_accuracy_given_heading", "probe accuracy given the heading")]:
     if SKIPPED_KEYS.get(key) in skipped:
       rows.append((label, ["skipped"] * len(results)))
     else:
-      rows.append((label, [fmt(r[key]) for r in results]))
+      rows.append((label, [fmt(r.get(key)) for r in results]))
   lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
   if results[0].get("starts", "first") != "first":

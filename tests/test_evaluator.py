@@ -129,6 +129,32 @@ def test_probe_beats_majority_on_separable_data():
   probe = probe_lib.probe_latent_actions(ex, spec, steps=100)
   assert probe["accuracy"] == 1.0 and probe["majority"] < 0.5
   assert probe["train_pairs"] == probe["test_pairs"] == m // 2 * 6
+  assert "accuracy_given_heading" not in probe  # No headings in the data.
+
+
+def test_probe_given_heading_decodes_absolute_codes():
+  """A code that is the agent's next absolute heading (heading + action mod 4) tells the
+  egocentric action nothing alone (the plain probe is at chance) and everything given the
+  heading at t; a Gaussian latent likewise."""
+  rng = np.random.default_rng(1)
+  _, stage, _ = _stage_and_params("flam")
+  spec = eval_step.EvalSpec.from_stage(stage)
+  m = 200
+  actions = rng.integers(0, 4, (m, 3, 2))
+  headings = rng.integers(0, 4, (m, 3, 2))
+  codes = (headings + actions) % 4
+  ex = dict(probe_latent=np.zeros((m, 3, 2, 2), np.float32), probe_code=codes,
+            probe_valid=np.ones((m, 3, 2), bool), probe_label=actions,
+            probe_heading=headings, episode=np.repeat(np.arange(8), m // 8))
+  probe = probe_lib.probe_latent_actions(ex, spec, steps=200)
+  assert probe["accuracy"] < 0.4 and probe["accuracy_given_heading"] > 0.95, probe
+  # Gaussian latents (here the one-hot of the same code): latent x one-hot heading.
+  features = probe_lib._probe_features(  # pylint: disable=protected-access
+      np.eye(4, dtype=np.float32)[codes.reshape(-1)], None, np.zeros(m * 6, int), 1, 0,
+      mean=np.zeros(4), std=np.ones(4), headings=headings.reshape(-1), num_headings=4)
+  out = probe_lib.fit_probe(features[:600], actions.reshape(-1)[:600], features[600:],
+                            actions.reshape(-1)[600:], 4, steps=300)
+  assert out["accuracy"] > 0.95, out
 
 
 @pytest.mark.parametrize("variant", ["flam", "lam"])
@@ -190,7 +216,8 @@ def test_all_starts_on_one_start_windows_equal_first(batches):
   p = config.lam.prediction_steps
   first = evaluator.Evaluator(stage).evaluate(params, batches)
   short = [dict(b, frames=b["frames"][:, :p + 1], masks=b["masks"][:, :p + 1],
-                actions=b["actions"][:, :p]) for b in batches]
+                actions=b["actions"][:, :p], headings=b["headings"][:, :p + 1])
+           for b in batches]
   one_start = evaluator.Evaluator(stage, starts="all").evaluate(params, short)
   assert first["starts"] == "first" and one_start["starts"] == "all"
   for key in evaluator.PER_STEP_KEYS:

@@ -162,8 +162,8 @@ def _slot_metrics(spec: EvalSpec, masks_btkn, entity_ids_btHW) -> Dict[str, jax.
               disentangle_count=dis["num_moving"], matched_slot=dis["matched_slot"])
 
 
-def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta):
-  """Per-agent (latent action, code, ground-truth action) pairs for the probe."""
+def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta, headings_bta=None):
+  """Per-agent (latent action, code, ground-truth action[, heading at t]) pairs for the probe."""
   actions_btka = acts["actions"]
   b, t1 = actions_btka.shape[:2]
   indices = acts["indices"]
@@ -179,8 +179,11 @@ def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta):
     latent = jnp.broadcast_to(actions_btka, shape + actions_btka.shape[-1:])
     codes = jnp.broadcast_to(codes_btk, shape)
     pair_valid = jnp.ones(shape, bool)
-  return dict(probe_latent=latent.astype(jnp.float32), probe_code=codes,
-              probe_valid=pair_valid, probe_label=gt_actions_bta.astype(jnp.int32))
+  out = dict(probe_latent=latent.astype(jnp.float32), probe_code=codes,
+             probe_valid=pair_valid, probe_label=gt_actions_bta.astype(jnp.int32))
+  if headings_bta is not None:
+    out["probe_heading"] = headings_bta.astype(jnp.int32)
+  return out
 
 
 def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array],
@@ -193,7 +196,8 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
       codebook=the tokenizer's codebook [C, Dz] (`models.tokenizer_codebook`)).
     batch: frames uint8 [B, T, H, W, 3], optionally masks uint8 [B, T, H, W] (entity
       ids) and actions int32 [B, T-1, agents] (what is absent skips the metrics that
-      read it, `skipped_metrics`), valid bool [B], episode int32 [B] (for the probe's
+      read it, `skipped_metrics`), optionally headings int32 [B, T, agents] (the probe
+      given the heading), valid bool [B], episode int32 [B] (for the probe's
       split), index int32 [B] (the window's position in the dataset).
     rng: key for the random actions (folded with each window's index).
 
@@ -256,7 +260,8 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
     matched_slot = slots.pop("matched_slot")
     out.update(slots)
   if spec.variant_spec.latent_actions and "probe" not in skipped:
-    out.update(_probe_pairs(spec, acts, matched_slot, batch["actions"]))
+    headings = batch["headings"][:, :-1] if "headings" in batch else None  # Heading at t.
+    out.update(_probe_pairs(spec, acts, matched_slot, batch["actions"], headings))
   return out
 
 

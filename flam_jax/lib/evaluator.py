@@ -34,9 +34,12 @@ EVAL_DEFAULTS = dict(
     probe_steps=300,    # Full-batch gradient steps of the latent action probe.
     starts="first",     # Rollout start frames: "first" (frame 0) or "all" (training's starts).
 )
-DATA_FIELDS = ("frames", "masks", "actions")  # frames, then the optional ground truth.
+# frames, then the optional ground truth (headings: the probe given the agent's heading).
+DATA_FIELDS = ("frames", "masks", "actions", "headings")
 PER_STEP_KEYS = ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t",
                  "copy_psnr_t", "copy_token_accuracy_t")
+# The probe's summary keys (probe_<key>; `probe.probe_latent_actions`).
+PROBE_KEYS = ("accuracy", "majority", "train_accuracy", "test_pairs", "accuracy_given_heading")
 
 
 def eval_settings(config: ConfigDict) -> Dict[str, Any]:
@@ -83,7 +86,7 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
   if "disentangle_sum" in ex and ex["disentangle_count"].sum() > 0:
     out["disentanglement"] = float(ex["disentangle_sum"].sum() / ex["disentangle_count"].sum())
   probed = probe.probe_latent_actions(ex, spec, probe_steps) or {}
-  for key in ("accuracy", "majority", "train_accuracy", "test_pairs"):
+  for key in PROBE_KEYS:
     out[f"probe_{key}"] = probed.get(key)
   return out
 

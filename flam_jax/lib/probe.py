@@ -3,6 +3,13 @@
 A linear classifier from each agent's latent action (one-hot FSQ code, or standardised
 Gaussian latent) to its ground-truth action, fitted on the host on the evaluation's
 (latent, action) pairs of half the episodes and scored on the other half.
+
+Where the data has the agents' headings (Multigrid), a second probe sees the latent
+together with the agent's heading at t (observable in frame t): Multigrid's actions are
+egocentric (turn left / right, forward, stay), so a latent that encodes the agent's
+next absolute state (e.g. "faces east") says nothing about the action on its own, yet
+determines it given the current heading. The product features (one-hot of (code,
+heading), or latent x one-hot heading) keep that probe linear.
 """
 
 from typing import Dict, Optional
@@ -16,12 +23,23 @@ from flam_jax.modules import fsq
 
 
 def _probe_features(latent, codes, agents, num_agents: int, num_codes: int,
-                    mean=None, std=None):
-  """Per-agent blocks of [one-hot code | standardised latent, 1]: [M, agents * F]."""
+                    mean=None, std=None, headings=None, num_headings: int = 0):
+  """Per-agent blocks of [one-hot code | standardised latent, 1]: [M, agents * F].
+
+  With `headings` [M]: one-hot of (code, heading), or the standardised latent times the
+  one-hot heading beside the one-hot heading, instead.
+  """
   if num_codes:
     feat = np.eye(num_codes, dtype=np.float32)[codes]
   else:
     feat = (latent - mean) / std
+  if headings is not None:
+    onehot_heading = np.eye(num_headings, dtype=np.float32)[headings]
+    if num_codes:
+      feat = np.eye(num_codes * num_headings, dtype=np.float32)[codes * num_headings + headings]
+    else:
+      feat = np.concatenate([(feat[:, :, None] * onehot_heading[:, None, :]).reshape(
+          feat.shape[0], -1), onehot_heading], axis=1)
   feat = np.concatenate([feat, np.ones((feat.shape[0], 1), np.float32)], axis=1)
   blocks = np.zeros((feat.shape[0], num_agents, feat.shape[1]), np.float32)
   blocks[np.arange(feat.shape[0]), agents] = feat
@@ -77,7 +95,8 @@ def probe_latent_actions(ex: Dict[str, np.ndarray], spec,
 
   Features: the one-hot FSQ code of the latent action (codes are categorical) or
   the standardised Gaussian latent, in a separate block per agent (one linear probe
-  per agent, fitted jointly). Splitting by episode keeps the overlapping windows of
+  per agent, fitted jointly); with `probe_heading` in `ex`, also `accuracy_given_heading`
+  (module docstring). Splitting by episode keeps the overlapping windows of
   one episode on one side; with a single episode, by window order instead.
   """
   if "probe_latent" not in ex:
@@ -103,9 +122,16 @@ def probe_latent_actions(ex: Dict[str, np.ndarray], spec,
   mean = latent[train].mean(axis=0)
   std = latent[train].std(axis=0) + 1e-6
   feats = _probe_features(latent, codes, agents, num_agents, num_codes, mean, std)
-  out = fit_probe(feats[train], labels[train], feats[~train], labels[~train],
-                  spec.model.num_agent_actions,
+  num_classes = spec.model.num_agent_actions
+  out = fit_probe(feats[train], labels[train], feats[~train], labels[~train], num_classes,
                   steps=steps)
   out.update(train_pairs=int(train.sum()), test_pairs=int((~train).sum()))
+  if "probe_heading" in ex:
+    headings = ex["probe_heading"][valid]
+    feats = _probe_features(latent, codes, agents, num_agents, num_codes, mean, std,
+                            headings, int(headings.max()) + 1)
+    out["accuracy_given_heading"] = fit_probe(
+        feats[train], labels[train], feats[~train], labels[~train], num_classes,
+        steps=steps)["accuracy"]
   return out
 
