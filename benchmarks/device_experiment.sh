@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# One experiment script's runs trained in parallel processes on one GPU, then evaluated and
-# reported (issue 9: "where a GPU is available, use it"). Small world models leave a GPU
-# mostly idle (one process runs ~100 steps/s at the cpu setting, bound by dispatch), so
-# every (label, seed) run gets its own process and a share of the GPU's memory:
+# One experiment script's runs trained on one GPU, evaluated and reported, time-boxed and
+# resumable (issue 9: "where a GPU is available, use it"):
 #   1. the datasets and tokenizers (`--only=tokenizer`);
-#   2. every run of $LABELS x $SEEDS in its own process (`--only=<label> --seeds=<s>
-#      --train_only`) until $TRAIN_DEADLINE; a run stopped there checkpoints (SIGTERM);
-#   3. the evaluation of each label in its own process (`--only=<label>`), then the report
-#      (the script without --only: every evaluation is cached by then);
+#   2. every run of $LABELS x $SEEDS (`--only=<label> --seeds=<s> --train_only`), $JOBS
+#      processes at a time, until $TRAIN_DEADLINE; a run stopped there checkpoints (SIGTERM);
+#   3. the evaluation of each label whose runs all finished (`--only=<label>`), then the
+#      report (the script without --only; every evaluation is cached by then);
 #   4. $OUT/results.tar.gz (results, evaluations, logs, run info, TensorBoard, the last
-#      pictures) and $OUT/checkpoints.tar.gz.part-* (the latest step of the $KEEP_CKPT runs
-#      and the tokenizer, in 15 MB parts: cat them and untar at / to resume or re-evaluate).
+#      pictures, nvidia-smi samples) and $OUT/checkpoints.tar.gz.part-* (the latest step of
+#      the $KEEP_CKPT runs and the tokenizer, in 15 MB parts: `cat` them and untar at / to
+#      resume on another machine or re-evaluate).
+# Measured on an H200 (2026-11-29, the cpu setting): one FLAM run alone trains at ~150
+# steps/s, and the GPU is busy all the time (nvidia-smi 100%); 15 runs in parallel
+# processes trained at ~3 steps/s each: CUDA contexts time-slice, so JOBS=1 (one run after
+# another) is the default, and more processes only pay where one run leaves the GPU idle.
 # Idempotent like experiments/: a second call with the same $WORK skips what is finished.
 #
 #   SCRIPT=table1.py SETTING=cpu STEPS_SCALE=3 bash benchmarks/device_experiment.sh
@@ -27,6 +30,7 @@ SETTING=${SETTING:-cpu}
 STEPS_SCALE=${STEPS_SCALE:-1}
 SEEDS=${SEEDS:-0,1,2}
 LABELS=${LABELS:-wm,flam,lam,lam_joint,oc_lam}
+JOBS=${JOBS:-1}  # Training processes at a time.
 KEEP_CKPT=${KEEP_CKPT:-flam,lam}  # Labels whose checkpoints come back (size: $OUT's limits).
 TRAIN_DEADLINE=${TRAIN_DEADLINE:-380}  # Seconds from the start when training stops.
 DEADLINE=${DEADLINE:-530}  # Seconds from the start when evaluation stops.
@@ -45,8 +49,8 @@ fi
 $PY -c "import jax; print('device_experiment:', jax.devices(), 'jax', jax.__version__)"
 
 if command -v nvidia-smi > /dev/null; then  # GPU utilisation and memory every 5 s.
-  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 \
-    > "$WORK/logs/nvidia_smi.csv" 2>&1 &
+  (nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 \
+    > "$WORK/logs/nvidia_smi.csv" 2>&1 &)  # Not a job of this shell: $JOBS counts runs.
 fi
 EXP=($PY experiments/$SCRIPT --setting="$SETTING" --steps_scale="$STEPS_SCALE"
      --root="$WORK/results" --runs_root="$WORK/runs")
@@ -58,10 +62,11 @@ timeout "$(left 600 "$TRAIN_DEADLINE")" "${EXP[@]}" --seeds="${seeds[0]}" --only
   > "$WORK/logs/tokenizer.log" 2>&1
 echo "tokenizer: rc $?"; grep "^\[" "$WORK/logs/tokenizer.log" | tail -n 3
 
-echo "== ${#labels[@]} labels x ${#seeds[@]} seeds in parallel ($SECONDS s)"
+echo "== ${#labels[@]} labels x ${#seeds[@]} seeds, $JOBS at a time ($SECONDS s)"
 pids=()
 for label in "${labels[@]}"; do
   for seed in "${seeds[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     timeout "$(left 3600 "$TRAIN_DEADLINE")" "${EXP[@]}" --seeds="$seed" --only="$label" \
       --train_only > "$WORK/logs/train_${label}_$seed.log" 2>&1 &
     pids+=($!)
@@ -72,7 +77,7 @@ for f in "$WORK"/logs/train_*.log; do
   echo "$(basename "$f" .log): $(grep -o '^Stage lam [a-z]* at step [0-9]*\|finished at step [0-9]*\|preempted' "$f" | tail -n 1)"
 done
 
-echo "== evaluation per label in parallel ($SECONDS s)"
+echo "== evaluation of every finished label, in parallel ($SECONDS s)"
 finished() {  # Did every seed of label $1 finish training?
   local seed
   for seed in "${seeds[@]}"; do
@@ -87,12 +92,14 @@ for label in "${labels[@]}"; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-if [ "${#unfinished[@]}" -eq 0 ] && [ -z "${NO_REPORT:-}" ]; then
+if [ "${#unfinished[@]}" -gt 0 ]; then
+  echo "not finished by TRAIN_DEADLINE (no report; call again with the same WORK): ${unfinished[*]}"
+elif [ -n "${NO_REPORT:-}" ]; then
+  echo "NO_REPORT: evaluations cached in $WORK/runs/*/evals"
+else
   echo "== report ($SECONDS s)"
   timeout "$(left 3600 "$DEADLINE")" "${EXP[@]}" --seeds="$SEEDS" > "$WORK/logs/report.log" 2>&1
   echo "report: rc $?"; sed -n '/^# /,$p' "$WORK/logs/report.log" | head -n 40
-else
-  echo "not finished by TRAIN_DEADLINE (no report; call again with the same WORK): ${unfinished[*]}"
 fi
 
 echo "== packing ($SECONDS s)"
