@@ -10,10 +10,12 @@
 #      pictures, nvidia-smi samples) and $OUT/checkpoints.tar.gz.part-* (the latest step of
 #      the $KEEP_CKPT runs and the tokenizer, in 15 MB parts: `cat` them and untar at / to
 #      resume on another machine or re-evaluate).
-# Measured on an H200 (2026-11-29, the cpu setting): one FLAM run alone trains at ~150
-# steps/s, and the GPU is busy all the time (nvidia-smi 100%); 15 runs in parallel
-# processes trained at ~3 steps/s each: CUDA contexts time-slice, so JOBS=1 (one run after
-# another) is the default, and more processes only pay where one run leaves the GPU idle.
+# Measured on an H200 (2026-11-29, the cpu setting x3, batch 8): one FLAM run alone trains
+# at ~150 steps/s with the GPU mostly idle (nvidia-smi every 5 s: mean 14%; the step is
+# bound by the host); 15 runs at once (JOBS=15) kept it busier (mean 46%) at 16-25
+# steps/s each in steady state, ~2x the throughput in all, but their 15 token caches and
+# compilations at once took most of a 6-minute window (FLAM reached step 1100 of 9000).
+# So JOBS=1 is the default for short calls; more pays for runs of many minutes each.
 # Idempotent like experiments/: a second call with the same $WORK skips what is finished.
 #
 #   SCRIPT=table1.py SETTING=cpu STEPS_SCALE=3 bash benchmarks/device_experiment.sh
