@@ -3,9 +3,12 @@ check that it ends bitwise equal to an uninterrupted run (not part of the defaul
 
     python scripts/soak_resume.py --stage=tokenizer --points=20 --out=/tmp/soak
     python scripts/soak_resume.py --stage=lam --points=20 --out=/tmp/soak
+    python scripts/soak_resume.py --stage=policy --points=20 --out=/tmp/soak
 
 Prints one line per kill point and, last, `N/P bitwise equal`; exits 1 unless all are.
 Each point costs two training processes (the killed one and its resumption) at tiny sizes.
+The lam stage trains on its own tokenizer; the policy stage (behaviour cloning on FLAM's
+pseudo-labels, Sec 4.3) on goal-task demonstrations with a tokenizer and a FLAM of its own.
 """
 
 import argparse
@@ -27,6 +30,11 @@ TINY = [
     "--config.optim.warmup_steps=2", "--config.log_every_steps=1",
     "--config.image_every_steps=100000", "--config.progress_bar=False",
 ]
+TINY_POLICY = [
+    "--config.policy.num_labels=10", "--config.policy.decoder_steps=20",
+    "--config.policy.channels=(8,)", "--config.policy.hidden=16",
+    "--config.policy.eval_episodes=2",
+]
 TINY_LAM = [
     "--config.data.window_length=4", "--config.lam.d_model=16", "--config.lam.num_heads=2",
     "--config.lam.num_blocks=1", "--config.lam.aggregator_blocks=1", "--config.lam.num_slots=2",
@@ -41,11 +49,15 @@ def env():
 
 
 def command(stage: str, workdir: str, data_dir: str, steps: int, every: int, tokenizer: str):
+  """`tokenizer`: for lam, the tokenizer checkpoint; for policy, the FLAM workdir."""
   if stage == "tokenizer":
     extra = ["--config=configs/multigrid.py:tokenizer", "--config.data.window_length=2"]
-  else:
+  elif stage == "lam":
     extra = ["--config=configs/multigrid.py:flam", *TINY_LAM,
              f"--config.lam.tokenizer_checkpoint={tokenizer}"]
+  else:
+    extra = ["--config=configs/multigrid.py:policy", *TINY_LAM, *TINY_POLICY,
+             f"--config.policy.lam_workdir={tokenizer}"]
   return [sys.executable, os.path.join(ROOT, "train.py"), extra[0], f"--workdir={workdir}",
           f"--config.data.dir={data_dir}", *extra[1:], *TINY, f"--config.num_train_steps={steps}",
           f"--config.checkpoint_every_steps={every}"]
@@ -95,20 +107,30 @@ def kill_at(cmd, kill_step: int, timeout: float = 900.0) -> int:
 
 
 def setup(stage: str, out: str, steps: int, every: int):
-  """(data dir, tokenizer checkpoint or "", reference final state)."""
-  from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+  """(data dir, tokenizer checkpoint / FLAM workdir or "", reference final state)."""
+  from flam_jax.data import goal_task, multigrid  # pylint: disable=g-import-not-at-top
   data_dir = os.path.join(out, "data")
   if not os.path.exists(os.path.join(data_dir, "metadata.json")):
-    multigrid.write_dataset(
-        data_dir, multigrid.MultigridConfig(grid_size=8, resolution=32, num_agents=2,
-                                            episode_length=8),
-        num_episodes=12, seed=0, progress=False)
+    if stage == "policy":  # Agent 0 and one distractor (K = 2 slots, as TINY_LAM).
+      goal_task.write_dataset(
+          data_dir, goal_task.GoalTaskConfig(grid_size=8, resolution=32, num_distractors=1,
+                                             max_steps=7), num_episodes=12, seed=0,
+          progress=False)
+    else:
+      multigrid.write_dataset(
+          data_dir, multigrid.MultigridConfig(grid_size=8, resolution=32, num_agents=2,
+                                              episode_length=8),
+          num_episodes=12, seed=0, progress=False)
   tokenizer = ""
-  if stage == "lam":
+  if stage in ("lam", "policy"):
     tok_dir = os.path.join(out, "tokenizer_run")
     tokenizer = os.path.join(tok_dir, "tokenizer")
     if not os.path.isdir(os.path.join(tokenizer, "checkpoints")):
       run_to_end(command("tokenizer", tok_dir, data_dir, 5, 5, ""))
+  if stage == "policy":  # A FLAM of 5 steps in the same workdir, whose latent actions label.
+    if not os.path.isdir(os.path.join(tok_dir, "lam", "checkpoints")):
+      run_to_end(command("lam", tok_dir, data_dir, 5, 5, tokenizer))
+    tokenizer = tok_dir
   reference = os.path.join(out, f"{stage}_reference")
   shutil.rmtree(reference, ignore_errors=True)
   run_to_end(command(stage, reference, data_dir, steps, every, tokenizer))
@@ -117,7 +139,7 @@ def setup(stage: str, out: str, steps: int, every: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--stage", choices=("tokenizer", "lam"), required=True)
+  parser.add_argument("--stage", choices=("tokenizer", "lam", "policy"), required=True)
   parser.add_argument("--points", type=int, default=20)
   parser.add_argument("--steps", type=int, default=30, help="training steps of every run")
   parser.add_argument("--every", type=int, default=5, help="checkpoint interval")

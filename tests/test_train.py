@@ -133,11 +133,13 @@ def test_incompatible_checkpoint_and_corrupt_shard(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_lam_stage_kill_9_then_resume_is_bitwise_equal(tmp_path):
-  """One kill point of scripts/soak_resume.py on the lam stage (its tokenizer is trained first)."""
+@pytest.mark.parametrize("stage", ["lam", "policy"])
+def test_stage_kill_9_then_resume_is_bitwise_equal(tmp_path, stage):
+  """One kill point of scripts/soak_resume.py on the lam or the policy stage (the tokenizer,
+  and for policy a FLAM on goal-task demonstrations, are trained first)."""
   out = subprocess.run(
-      [sys.executable, "scripts/soak_resume.py", "--stage=lam", "--points=1", "--steps=12",
-       "--every=4", f"--seed={int(time.time()) % 1000}", f"--out={tmp_path}"],
+      [sys.executable, "scripts/soak_resume.py", f"--stage={stage}", "--points=1",
+       "--steps=12", "--every=4", f"--seed={int(time.time()) % 1000}", f"--out={tmp_path}"],
       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3000)
   assert out.returncode == 0 and "1/1 bitwise equal" in out.stdout, out.stdout + out.stderr[-3000:]
 
