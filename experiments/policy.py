@@ -241,6 +241,9 @@ def main(argv):
   try:
     if f.steps_scale <= 0:
       raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
+    if f.only or f.train_only:
+      raise ConfigError("policy.py does not take --only or --train_only (its runs depend on "
+                        "each other); restrict it with --distractors and --labels")
     ps = POLICY_SETTINGS[settings.get_setting(f.setting).name]
     experiment = PolicyExperiment(ps, "policy", settings.get_setting(f.setting), f.root,
                                   f.steps_scale, f.runs_root, f.compilation_cache)
