@@ -244,7 +244,10 @@ def main(argv):
     if f.only or f.train_only:
       raise ConfigError("policy.py does not take --only or --train_only (its runs depend on "
                         "each other); restrict it with --distractors and --labels")
-    ps = POLICY_SETTINGS[settings.get_setting(f.setting).name]
+    if settings.get_setting(f.setting).name not in POLICY_SETTINGS:
+      raise ConfigError(f"policy.py has no --setting={f.setting}; use one of "
+                        f"{', '.join(POLICY_SETTINGS)}")
+    ps = POLICY_SETTINGS[f.setting]
     experiment = PolicyExperiment(ps, "policy", settings.get_setting(f.setting), f.root,
                                   f.steps_scale, f.runs_root, f.compilation_cache)
     seeds = common.parse_seeds(f.seeds)
