@@ -27,24 +27,11 @@ WHEELS=${WHEELS:-benchmarks/device_wheels}
 PEER_DIR=${PEER_DIR:-../shared/peers/torch_flam}
 STEP_TIMEOUT=${STEP_TIMEOUT:-150}  # Seconds per bench_train run (compile + 5 steps + peer).
 DEADLINE=${DEADLINE:-470}  # Seconds from the start; no run is given more than what is left.
-left() {  # min(limit, seconds left before DEADLINE), at least 1.
-  local l=$(( DEADLINE - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
-}
+source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
 
-if ! $PY -c "import ml_collections, grain, tensorboardX" 2>/dev/null; then
-  if [ -d "$WHEELS" ]; then
-    # Only the missing packages, into a private folder: the image's own stay untouched.
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/flam_site "$WHEELS"/*.whl \
-      || { echo "device_check: installing from $WHEELS failed"; exit 3; }
-    export PYTHONPATH=/tmp/flam_site${PYTHONPATH:+:$PYTHONPATH}
-  else
-    echo "device_check: ml_collections/grain are missing and $WHEELS does not exist; fill it" \
-         "with the pip download command at the top of this script"; exit 3
-  fi
-fi
+install_carried_wheels device_check
 $PY -c "import jax; print('device_check:', jax.devices(), 'jax', jax.__version__)" | tee "$OUT/device.txt"
 
 PEER_FLAGS=()

@@ -37,17 +37,11 @@ KEEP_CKPT=${KEEP_CKPT:-flam,lam}  # Labels whose checkpoints come back (size: $O
 TRAIN_DEADLINE=${TRAIN_DEADLINE:-380}  # Seconds from the start when training stops.
 DEADLINE=${DEADLINE:-530}  # Seconds from the start when evaluation stops.
 # NO_REPORT=1: evaluate the labels but write no report (e.g. when $LABELS are some columns).
-left() {  # min(limit, seconds left before the deadline $2), at least 1.
-  local l=$(( $2 - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
-}
+source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT" "$WORK/logs"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-if ! $PY -c "import ml_collections, grain, tensorboardX" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/flam_site "$WHEELS"/*.whl || { echo "device_experiment: no wheels"; exit 3; }
-  export PYTHONPATH=/tmp/flam_site${PYTHONPATH:+:$PYTHONPATH}
-fi
+install_carried_wheels device_experiment
 $PY -c "import jax; print('device_experiment:', jax.devices(), 'jax', jax.__version__)"
 
 if command -v nvidia-smi > /dev/null; then  # GPU utilisation and memory every 5 s.

@@ -32,17 +32,11 @@ FLAM_RUNS=${FLAM_RUNS:-autoregressive parallel}
 PAPER_SLICE=${PAPER_SLICE:-0}
 PAPER_SCRIPT=${PAPER_SCRIPT:-table1.py --setting=paper --seeds=0}
 DEADLINE=${DEADLINE:-340}  # Seconds from the start; no run is given more than what is left.
-left() {  # min(limit, seconds left before DEADLINE), at least 1.
-  local l=$(( DEADLINE - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1; echo "$l"
-}
+source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 
-if ! $PY -c "import ml_collections, grain, tensorboardX" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/flam_site "$WHEELS"/*.whl || { echo "device_learning: no wheels"; exit 3; }
-  export PYTHONPATH=/tmp/flam_site${PYTHONPATH:+:$PYTHONPATH}
-fi
+install_carried_wheels device_learning
 
 if [ "$TOY_STEPS" -gt 0 ]; then  # TOY_STEPS=0 skips the toy.
   echo "== toy learning curves ($TOY_RUNS, $TOY_STEPS steps)"

@@ -94,8 +94,9 @@ def script_main(name: str, make_runs: Callable[[Experiment, List[int]], List[Run
         if unknown:
           raise ConfigError(f"--only={','.join(only)}: {','.join(unknown)} is not a run of "
                             f"{name}; choose from {','.join(known)}")
-        for n in sorted({r.num_agents for r in runs}):
-          experiment.ensure_tokenizer(n)
+        if "tokenizer" in only:  # Every run trains its own dataset's tokenizer anyway.
+          for n in sorted({r.num_agents for r in runs}):
+            experiment.ensure_tokenizer(n)
         runs = [r for r in runs if r.label in only]
       if flags.FLAGS.train_only:
         experiment.train_all(runs)
