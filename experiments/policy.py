@@ -2,6 +2,8 @@
 
     python experiments/policy.py --setting=tiny  --seeds=0          # smoke (tests), minutes
     python experiments/policy.py --setting=small --seeds=0,1,2      # CPU, hours
+    python experiments/policy.py --setting=cpu_long --distractors=4 --labels=1000 --seeds=0
+                                 # world models as long as Table 1's cpu_long (hours on 2 cores)
     python experiments/policy.py --setting=paper --seeds=0,1,2      # GPU/TPU
 
 For each number of distractors: expert demonstrations of the goal task
@@ -64,6 +66,13 @@ POLICY_SETTINGS = {
     # 32 px, 8x8 cells (4 px each, one token a cell), 2000 demonstrations of up to 15 steps.
     "small": PolicySetting(32, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
                            dict(eval_episodes=100, channels=(32, 32), hidden=64), 1000, 64),
+    # Table 1's cpu / cpu_long world models (64 px, 8x8 cells of 8 px, one token a cell,
+    # world models of d_model 64; cpu_long trains them 3x longer, what FLAM needed with 4
+    # agents) on 2000 demonstrations of up to 15 steps.
+    "cpu": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
+                         dict(eval_episodes=100, channels=(32, 32), hidden=64), 1000, 64),
+    "cpu_long": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
+                              dict(eval_episodes=100, channels=(32, 32), hidden=64), 1000, 64),
     # Test-only: 24 px, 6x6 cells, 16 demonstrations.
     "tiny": PolicySetting(24, 6, 7, 16, (0, 2), (5, 10),
                           dict(eval_episodes=4, decoder_steps=20, channels=(8,), hidden=16), 3, 4),

@@ -288,3 +288,19 @@ def test_patch_weights_make_a_weighted_mean_over_patches():
   per_patch_sq = jnp.mean(jnp.square(pred - target), -1)
   np.testing.assert_allclose(agg_lib.regression_loss(pred, target, weights),
                              jnp.sum(per_patch_sq * weights, -1) / jnp.sum(weights, -1), rtol=1e-5)
+
+
+def test_regression_with_anchor_starts_at_no_change():
+  # The zero-initialised head: an untrained residual regressor predicts the start frame
+  # (copy), so training begins at the no-change baseline instead of far from it (on the
+  # toy of test_learning.py a random head began at 4.7x copy's loss and settled in a
+  # basin that ignored the actions).
+  feat = 5
+  model = agg_lib.RegressionAggregator(num_patches=N, feature_dim=feat, d_model=32,
+                                       num_blocks=1, num_heads=4)
+  anchor = jax.random.normal(jax.random.key(3), (B, N, feat))
+  params = model.init(jax.random.key(0), _slots(), anchor)
+  np.testing.assert_array_equal(jax.jit(model.apply)(params, _slots(), anchor), anchor)
+  # Without an anchor the head keeps a random init (zero would predict all-zero features).
+  plain = model.init(jax.random.key(0), _slots())
+  assert float(jnp.abs(plain["params"]["head"]["kernel"]).max()) > 0

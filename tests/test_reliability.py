@@ -77,6 +77,8 @@ BAD_LAM_VALUES = [
     ("lam.prediction_steps", 0, "lam.prediction_steps=0"),
     ("lam.subtoken_sizes", (), "lam.subtoken_sizes=()"),
     ("lam.recursive_init", "no", "lam.recursive_init='no' is not a bool"),
+    ("lam.predicted_slot_reconstruction_weight", -1.0,
+     "lam.predicted_slot_reconstruction_weight=-1.0"),
 ]
 
 
@@ -105,6 +107,14 @@ def test_bad_lam_value_is_one_line_config_error(key, value, message):
   with pytest.raises(ConfigError) as info:
     config_validation.validate(config, "lam")
   assert message in str(info.value), str(info.value)
+
+
+def test_predicted_slot_reconstruction_without_the_slot_decoder_is_one_line_error():
+  config = _set(multigrid_config.get_config("flam"), "lam.slot_reconstruction_weight", 0.0)
+  config.lam.predicted_slot_reconstruction_weight = 1.0
+  with pytest.raises(ConfigError, match="needs the slot decoder") as info:
+    config_validation.validate(config, "lam")
+  assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("variant", multigrid_config.VARIANTS)

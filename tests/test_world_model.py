@@ -180,3 +180,26 @@ def test_tokenizer_params_of_another_architecture_are_a_one_line_error():
       lambda p, v: np.zeros(v.shape + (2,)) if p == leaf_path else v, params)
   with pytest.raises(CheckpointError, match="does not fit this version's tokenizer.*retrain"):
     loading.check_tokenizer_params(tokenizer, wrong, size, "ckpt", "retrain")
+
+
+@pytest.mark.parametrize("variant", ["flam", "flam_v2"])
+def test_predicted_slots_reconstruct_the_next_frame_when_asked(variant):
+  config = stage_fixtures.tiny_config("lam", variant)
+  config.lam.predicted_slot_reconstruction_weight = 1.0
+  stage = stage_fixtures.make_lam_stage(config)
+  batch = {k: v for k, v in stage_fixtures.random_batches(config, 2, 1)[0].items()
+           if k in stage.data_fields}
+  params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+  loss_fn = jax.jit(stage.loss)
+  _, metrics = loss_fn(params, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(float(metrics["predicted_slot_reconstruction_loss"]))
+  # The term trains the FDM (its only path to the loss besides the aggregator).
+  grads = jax.grad(lambda p: stage.model.apply(
+      {"params": p}, *stage.features(batch), None, prediction_steps=2,
+      deterministic=True)["predicted_slot_reconstruction"].sum())(params)
+  fdm_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads["fdm_scan"]))
+  assert fdm_norm > 0
+  config.lam.predicted_slot_reconstruction_weight = 0.0
+  _, metrics = jax.jit(stage_fixtures.make_lam_stage(config).loss)(params, batch,
+                                                                    jax.random.PRNGKey(1))
+  assert "predicted_slot_reconstruction_loss" not in metrics

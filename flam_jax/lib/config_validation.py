@@ -180,6 +180,15 @@ def _heads_divide_width(config) -> Optional[str]:
   return None
 
 
+def _predicted_slot_reconstruction_needs_the_decoder(config) -> Optional[str]:
+  lam = config.lam
+  if (float(lam.get("predicted_slot_reconstruction_weight", 0.0))
+      and not float(lam.get("slot_reconstruction_weight", 0.0))):
+    return ("config.lam.predicted_slot_reconstruction_weight needs the slot decoder that "
+            "config.lam.slot_reconstruction_weight trains; set that above 0 or this to 0")
+  return None
+
+
 LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.variant", "str", choices=VARIANTS),
     Rule("lam.tokenizer_checkpoint", "str"),
@@ -205,7 +214,11 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.aggregator_parallel", "bool", optional=True),
     Rule("lam.changed_patch_weight", "float", low=1, optional=True),
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),
+    Rule("lam.slot_reconstruction_weight", "float", low=0, optional=True),
+    Rule("lam.predicted_slot_reconstruction_weight", "float", low=0, optional=True),
     Check("lam.num_heads", _heads_divide_width),
+    Check("lam.predicted_slot_reconstruction_weight",
+          _predicted_slot_reconstruction_needs_the_decoder),
 )
 
 EVAL_RULES: Tuple[Rule, ...] = (

@@ -352,7 +352,10 @@ class RegressionAggregator(nn.Module):
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"block_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
-    out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, name="head")(h_bnd)
+    # With an anchor the head starts at zero: the untrained model predicts "no change".
+    head_init = nn.initializers.zeros if anchor_bnf is not None else nn.linear.default_kernel_init
+    out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, kernel_init=head_init,
+                       name="head")(h_bnd)
     out_bnf = out_bnf.astype(jnp.float32)
     if anchor_bnf is not None:
       out_bnf = anchor_bnf.astype(jnp.float32) + out_bnf

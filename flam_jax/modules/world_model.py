@@ -103,6 +103,9 @@ class LatentActionWorldModel(nn.Module):
   # Slot variants: also reconstruct each frame's features from its own slots through a
   # spatial-broadcast decoder with alpha masks (binding, see slot_decoder.py).
   slot_reconstruction: bool = False
+  # ... and the next frame's features from the FDM's predicted slots, through the same
+  # decoder: a dense per-slot signal for the FDM that needs no aggregator.
+  predicted_slot_reconstruction: bool = False
   # FDM: also add each entity's embedded action to its stream before every block.
   fdm_additive_actions: bool = False
   dtype: jnp.dtype = jnp.float32
@@ -231,7 +234,8 @@ class LatentActionWorldModel(nn.Module):
     entities [B, T, K', D], actions [B, T-1, K'|1, A] (inferred, or others for the
     action-gain diagnostic), features [B, T, N, Dz], tokens [B, T, N]. Returns
     dict(prediction (logits or features), targets [M, N], target_features [M, N, Dz],
-    anchor_tokens [M, N]) with M = B*S*P rows ordered (b, s, p).
+    anchor_tokens [M, N], regression: anchor_features [M, N, Dz]) with M = B*S*P rows
+    ordered (b, s, p).
     """
     b, t, n, _ = features_btnd.shape
     k, d = entities_btkd.shape[2:]
@@ -249,11 +253,14 @@ class LatentActionWorldModel(nn.Module):
       anchor = anchor_tokens_mn
     else:
       anchor = jnp.repeat(features_btnd[:, :s].reshape(b * s, n, -1), p, axis=0)
-    return dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor, deterministic),
-                targets=targets_mn,
-                anchor_tokens=anchor_tokens_mn, predicted_entities=predicted_mkd,
-                target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
-                    b * s * p, n, -1), num_starts=s)
+    out = dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor, deterministic),
+               targets=targets_mn,
+               anchor_tokens=anchor_tokens_mn, predicted_entities=predicted_mkd,
+               target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
+                   b * s * p, n, -1), num_starts=s)
+    if self.aggregator_mode == "regression":
+      out["anchor_features"] = anchor  # [M, N, Dz]: the copy baseline's prediction.
+    return out
 
   def __call__(self, features_btnd, tokens_btn, gt_actions_btm=None, *,
                prediction_steps: int, deterministic: bool = True):
@@ -276,6 +283,8 @@ class LatentActionWorldModel(nn.Module):
       recon_mnf, alpha_mkn = self.slot_decoder(entities_btkd.reshape(b * t, k, d))
       out["slot_reconstruction"] = recon_mnf.reshape(b, t, n, -1)
       out["slot_alpha"] = alpha_mkn.reshape(b, t, k, n)
+      if self.predicted_slot_reconstruction:
+        out["predicted_slot_reconstruction"] = self.slot_decoder(out["predicted_entities"])[0]
     if self.variant == "oc_lam":
       # Object-centric reconstruction: the slots of frame t must explain frame t's tokens.
       out["reconstruction"] = self.aggregate(entities_btkd.reshape(b * t, k, d),

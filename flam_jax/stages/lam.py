@@ -5,7 +5,9 @@ Trains FLAM or a baseline (config.lam.variant: flam | lam | oc_lam | wm) with
     sub-token softmaxes), averaged over predictions; or
   - regression (Sec 5.4 / later version): squared error of the predicted features;
 plus beta * sum_i KL[q(a^i) || N(0, I)] for Gaussian latent actions (later version),
-OC+LAM's object-centric reconstruction loss, and an optional slot-matching loss (App. E).
+OC+LAM's object-centric reconstruction loss, an optional slot-matching loss (App. E),
+and for slot variants the spatial-broadcast reconstruction of frame t from its slots and
+(optionally) of frame t+1 from the FDM's predicted slots (our additions; configs/multigrid.py).
 """
 
 import os
@@ -173,6 +175,9 @@ class LatentActionStage:
     copy_bsp = jnp.mean((out["targets"] == out["anchor_tokens"]).astype(jnp.float32),
                         axis=-1).reshape(b, out["num_starts"], p)
     metrics["copy_accuracy_step1"] = jnp.mean(copy_bsp[..., 0])
+    if "anchor_features" in out:  # Regression: the copy baseline's squared error.
+      metrics["copy_prediction_loss"] = jnp.mean(aggregator_lib.regression_loss(
+          out["anchor_features"], out["target_features"]))
     prediction_loss = jnp.mean(prediction_loss)
     metrics["prediction_loss"] = prediction_loss
     loss = prediction_loss
@@ -189,6 +194,11 @@ class LatentActionStage:
       slot_recon = jnp.mean(jnp.square(out["slot_reconstruction"] - features))
       metrics["slot_reconstruction_loss"] = slot_recon
       loss = loss + lam.slot_reconstruction_weight * slot_recon
+    if "predicted_slot_reconstruction" in out:
+      predicted_recon = jnp.mean(jnp.square(out["predicted_slot_reconstruction"]
+                                            - out["target_features"]))
+      metrics["predicted_slot_reconstruction_loss"] = predicted_recon
+      loss = loss + lam.predicted_slot_reconstruction_weight * predicted_recon
     if lam.variant in FACTORED_ENTITIES and lam.slot_matching != "none":
       matching = slot_matching.matching_loss(lam.slot_matching, out["entities"])
       metrics["slot_matching_loss"] = matching
