@@ -96,7 +96,11 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.action_kind = "gaussian" if arg == "flam_v2" else "fsq"
   config.lam.action_levels = (2, 2)  # 4 codes per slot (Table 4, Multigrid).
   config.lam.action_latent_dim = 0  # Gaussian: 0 means d_model / K per slot.
-  config.lam.kl_weight = 1e-3  # beta of the later version's KL term.
+  # beta of the later version's KL term, against our per-element mean of the squared error
+  # (README "Loss convention"): the summary's ||z_{t+1} - z_hat||^2 is a sum over N x Dz
+  # elements, so this is its beta / (N Dz). 1e-3 collapsed the posterior on the quickstart
+  # (KL 0.007 nats and action gain 0 at step 1600, where copy's error is 0.025 a feature).
+  config.lam.kl_weight = 1e-5
   # FSQ latent actions: LFQ-style entropy penalty (per-sample minus batch code entropy)
   # that keeps the bottleneck from collapsing onto one code early in training.
   config.lam.action_entropy_weight = 0.1
@@ -120,6 +124,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # FDM: add each entity's embedded action to its stream before every block, besides
   # the temporal cross-attention to it, so that the prediction cannot ignore the action.
   config.lam.fdm_additive_actions = True
+  # FDM: zero-initialised action embeddings (against the early collapse of FSQ codes);
+  # flam_v2's Gaussian actions learn faster from a random init (experiments/README.md).
+  config.lam.fdm_zero_init_actions = arg != "flam_v2"
   config.lam.subtoken_sizes = (32, 32)  # Hierarchical sub-tokens for 1024 codes (Table 4).
   config.lam.aggregator_blocks = 2
   config.lam.prediction_steps = 5  # Multi-step training (Table 4).

@@ -136,3 +136,16 @@ def test_bf16_compute_is_finite_with_f32_params(idm, fdm):
   assert np.all(np.isfinite(np.asarray(out_fdm, np.float32)))
   # bf16 is an approximation of the f32 model, not something else.
   np.testing.assert_allclose(out_fdm, fdm[2](fdm[1], s_t, a), atol=0.15)
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_fdm_action_embedding_init(zero_init):
+  # Zero init (FSQ variants): the untrained FDM ignores the actions exactly; random init
+  # (flam_v2's Gaussian actions): it depends on them from the first step.
+  model = dynamics.ForwardDynamics(num_blocks=2, num_heads=2, additive_actions=True,
+                                   zero_init_actions=zero_init)
+  s_t, _, a = _inputs(7)
+  params = model.init(jax.random.key(0), s_t, a)
+  apply = jax.jit(model.apply)
+  change = float(jnp.abs(apply(params, s_t, a) - apply(params, s_t, -a)).max())
+  assert (change == 0.0) if zero_init else (change > 1e-3), change

@@ -216,6 +216,7 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),
     Rule("lam.slot_reconstruction_weight", "float", low=0, optional=True),
     Rule("lam.predicted_slot_reconstruction_weight", "float", low=0, optional=True),
+    Rule("lam.fdm_zero_init_actions", "bool", optional=True),
     Check("lam.num_heads", _heads_divide_width),
     Check("lam.predicted_slot_reconstruction_weight",
           _predicted_slot_reconstruction_needs_the_decoder),

@@ -77,6 +77,7 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
           lam.get("slot_reconstruction_weight", 0.0)) and bool(
               lam.get("predicted_slot_reconstruction_weight", 0.0)),
       fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),
+      fdm_zero_init_actions=bool(lam.get("fdm_zero_init_actions", True)),
       dtype=compute_dtype(config),
       remat=bool(lam.get("remat", False)))  # Older runs' saved configs lack the key.
 

@@ -61,11 +61,13 @@ class _FDMStep(nn.Module):
   dtype: jnp.dtype
   remat: bool = False
   additive_actions: bool = False
+  zero_init_actions: bool = True
 
   @nn.compact
   def __call__(self, entities_bkd, actions_bka):
     nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat,
-                          additive_actions=self.additive_actions, name="fdm")(
+                          additive_actions=self.additive_actions,
+                          zero_init_actions=self.zero_init_actions, name="fdm")(
         entities_bkd, actions_bka)
     return nxt, nxt
 
@@ -108,6 +110,8 @@ class LatentActionWorldModel(nn.Module):
   predicted_slot_reconstruction: bool = False
   # FDM: also add each entity's embedded action to its stream before every block.
   fdm_additive_actions: bool = False
+  # FDM: zero-initialised action embeddings (see ForwardDynamics.zero_init_actions).
+  fdm_zero_init_actions: bool = True
   dtype: jnp.dtype = jnp.float32
   # Rematerialise the IDM, FDM and aggregator blocks: their attention weights over N
   # patch entities ([.., heads, N, N] per rollout step) dominate LAM's memory.
@@ -139,7 +143,7 @@ class LatentActionWorldModel(nn.Module):
     self.fdm_scan = nn.scan(
         _FDMStep, variable_broadcast="params", split_rngs={"params": False},
         in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype, self.remat,
-                               self.fdm_additive_actions)
+                               self.fdm_additive_actions, self.fdm_zero_init_actions)
     if self.aggregator_mode == "classification":
       self.aggregator = aggregator_lib.ClassificationAggregator(
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
