@@ -73,9 +73,9 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
       aggregator_parallel=bool(lam.get("aggregator_parallel", False)),
       slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
           lam.get("slot_reconstruction_weight", 0.0)),
+      # Validation (`config_validation`) refuses this weight without the slot decoder.
       predicted_slot_reconstruction=lam.variant in FACTORED_ENTITIES and bool(
-          lam.get("slot_reconstruction_weight", 0.0)) and bool(
-              lam.get("predicted_slot_reconstruction_weight", 0.0)),
+          lam.get("predicted_slot_reconstruction_weight", 0.0)),
       fdm_additive_actions=bool(lam.get("fdm_additive_actions", False)),
       fdm_zero_init_actions=bool(lam.get("fdm_zero_init_actions", True)),
       dtype=compute_dtype(config),

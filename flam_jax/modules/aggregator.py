@@ -353,7 +353,8 @@ class RegressionAggregator(nn.Module):
           name=f"block_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)
     # With an anchor the head starts at zero: the untrained model predicts "no change".
-    head_init = nn.initializers.zeros if anchor_bnf is not None else nn.linear.default_kernel_init
+    head_init = (nn.initializers.zeros if anchor_bnf is not None
+                 else nn.initializers.lecun_normal())  # nn.Dense's default.
     out_bnf = nn.Dense(self.feature_dim, dtype=self.dtype, kernel_init=head_init,
                        name="head")(h_bnd)
     out_bnf = out_bnf.astype(jnp.float32)

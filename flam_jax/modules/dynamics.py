@@ -101,7 +101,7 @@ class ForwardDynamics(nn.Module):
           f"actions must be [B, K, A] or [B, 1, A] for slots {slots_t_bkd.shape}, "
           f"got {actions_bka.shape}")
     action_init = (nn.initializers.zeros if self.zero_init_actions
-                   else nn.linear.default_kernel_init)
+                   else nn.initializers.lecun_normal())  # nn.Dense's default.
     act_bkd = nn.Dense(d, dtype=self.dtype, kernel_init=action_init,
                        name="action_embed")(actions_bka)
     act_bkd = jnp.broadcast_to(act_bkd, (b, k, d)).astype(slots_t_bkd.dtype)

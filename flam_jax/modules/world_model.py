@@ -284,11 +284,15 @@ class LatentActionWorldModel(nn.Module):
                action_code_log_probs=acts.get("code_log_probs"),
                entities=entities_btkd, masks=masks_btkn)
     if self.slot_reconstruction and self.variant in FACTORED_ENTITIES:
-      recon_mnf, alpha_mkn = self.slot_decoder(entities_btkd.reshape(b * t, k, d))
-      out["slot_reconstruction"] = recon_mnf.reshape(b, t, n, -1)
-      out["slot_alpha"] = alpha_mkn.reshape(b, t, k, n)
+      slots_mkd = entities_btkd.reshape(b * t, k, d)
+      if self.predicted_slot_reconstruction:  # One decoder call for both sets of slots.
+        slots_mkd = jnp.concatenate([slots_mkd, out["predicted_entities"].astype(
+            slots_mkd.dtype)])
+      recon_mnf, alpha_mkn = self.slot_decoder(slots_mkd)
+      out["slot_reconstruction"] = recon_mnf[:b * t].reshape(b, t, n, -1)
+      out["slot_alpha"] = alpha_mkn[:b * t].reshape(b, t, k, n)
       if self.predicted_slot_reconstruction:
-        out["predicted_slot_reconstruction"] = self.slot_decoder(out["predicted_entities"])[0]
+        out["predicted_slot_reconstruction"] = recon_mnf[b * t:]
     if self.variant == "oc_lam":
       # Object-centric reconstruction: the slots of frame t must explain frame t's tokens.
       out["reconstruction"] = self.aggregate(entities_btkd.reshape(b * t, k, d),
