@@ -8,7 +8,8 @@
         --config.data.dir=DEMOS --config.policy.lam_workdir=W      # policy, Sec 4.3
 
 The latent action variants read the tokenizer of the same workdir (or
-`lam.tokenizer_checkpoint`) and cache its tokens in <workdir>/tokens once.
+`lam.tokenizer_checkpoint`) and cache its tokens in <workdir>/tokens (or
+`lam.token_cache_dir`, which runs on the same data and tokenizer may share) once.
 """
 
 from ml_collections import ConfigDict
@@ -72,6 +73,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam = ConfigDict()
   config.lam.variant = variant if arg not in ("tokenizer", "policy") else "flam"  # flam | lam | oc_lam | wm
   config.lam.tokenizer_checkpoint = ""  # Empty: <workdir>/tokenizer/checkpoints.
+  # Where the tokenizer's tokens of data.dir are cached; runs sharing the dataset and the
+  # tokenizer may share it (rebuilt when either changes). Empty: <workdir>/tokens.
+  config.lam.token_cache_dir = ""
   config.lam.d_model = 256
   config.lam.num_heads = 8
   config.lam.num_blocks = 2

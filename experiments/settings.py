@@ -208,6 +208,8 @@ def lam_config(setting: Setting, variant: str, num_agents: int, seed: int, data_
   config.data.dir = os.path.abspath(data_dir)
   config.data.generate.num_agents = num_agents
   config.lam.tokenizer_checkpoint = os.path.join(os.path.abspath(tokenizer_dir), "tokenizer")
+  # Every variant and seed on this dataset reads the same tokens: encode them once.
+  config.lam.token_cache_dir = os.path.join(os.path.abspath(tokenizer_dir), "tokens")
   config.lam.num_slots = num_agents + 1
   config.lam.scene_action_levels = scene_action_levels(num_agents)
   _update(config, overrides or {}, f"overrides of {variant}")

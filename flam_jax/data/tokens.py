@@ -4,12 +4,18 @@ The latent action stage never looks at pixels: it reads `tokens` int32 [L, h, w]
 episode (plus whatever ground truth the source has besides masks: actions, positions,
 headings, for the WM baseline and the metrics) from a dataset in the same record format
 as the frames (`flam_jax.data.records`), so the same grain pipeline serves it.
-`metadata.json` records which tokenizer checkpoint made it; a cache made by another
-checkpoint is rebuilt.
+`metadata.json` records which tokenizer checkpoint made it from which dataset (its path
+and a hash of its metadata); a cache made by another checkpoint or from other data is
+rebuilt. Runs that share a dataset and a tokenizer may share one cache directory
+(`config.lam.token_cache_dir`): a lock file beside it makes concurrent runs on one
+host build it once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 from typing import Any, Callable, Iterator
@@ -21,6 +27,26 @@ from flam_jax.data import pipeline, records
 
 # Ground truth not copied into the cache: pixel masks are read from the frames dataset.
 PIXEL_FIELDS = ("frames", "masks")
+
+
+def data_fingerprint(data_dir: str) -> dict[str, str]:
+  """Which dataset a cache was made from: its absolute path and a hash of its metadata."""
+  with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return dict(data=os.path.realpath(data_dir), data_metadata=digest)
+
+
+@contextlib.contextmanager
+def _locked(out_dir: str):
+  """Holds an exclusive lock on `<out_dir>.lock` (one builder per cache on this host)."""
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  with open(os.path.abspath(out_dir) + ".lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _matches(out_dir: str, tag: dict[str, Any]) -> bool:
@@ -93,15 +119,26 @@ def cache_tokens(data_dir: str, out_dir: str,
     out_dir: where the token dataset goes.
     encode_fn: frames uint8 [F, H, W, 3] -> indices [F, h, w]; called with F =
       `frames_per_call` always (the last call is padded), so it compiles once.
-    tag: identifies the tokenizer (checkpoint path and step); stored in metadata.
+    tag: identifies the tokenizer (checkpoint path and step); stored in metadata with
+      the dataset's fingerprint (`data_fingerprint`).
     frames_per_call: frames per encode call.
     progress: show a progress bar.
 
   Returns:
     The token dataset's metadata.
   """
-  if _matches(out_dir, tag):
+  tag = dict(tag, **data_fingerprint(data_dir))
+  if _matches(out_dir, tag):  # The common case, without the lock.
     return pipeline.load_metadata(out_dir)
+  with _locked(out_dir):
+    if _matches(out_dir, tag):  # Another run built it while this one waited.
+      return pipeline.load_metadata(out_dir)
+    return _build(data_dir, out_dir, encode_fn, tag, frames_per_call, progress)
+
+
+def _build(data_dir: str, out_dir: str, encode_fn: Callable[[np.ndarray], np.ndarray],
+           tag: dict[str, Any], frames_per_call: int, progress: bool) -> dict[str, Any]:
+  """Encodes `data_dir` into `out_dir` (replacing what is there); see `cache_tokens`."""
   source_meta = pipeline.load_metadata(data_dir)
   if os.path.isdir(out_dir):
     shutil.rmtree(out_dir)

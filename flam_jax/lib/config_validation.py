@@ -192,6 +192,7 @@ def _predicted_slot_reconstruction_needs_the_decoder(config) -> Optional[str]:
 LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.variant", "str", choices=VARIANTS),
     Rule("lam.tokenizer_checkpoint", "str"),
+    Rule("lam.token_cache_dir", "str", optional=True),
     _pos("lam.d_model"),
     _pos("lam.num_heads"),
     _pos("lam.num_blocks"),

@@ -50,7 +50,8 @@ class LatentActionStage:
   name = "lam"
   data_fields = ("tokens", "actions")
   checkpoint_keys = ("stage", "lam", "tokenizer", "data.image_size", "data.window_length")
-  checkpoint_ignored_keys = ("lam.remat",)  # Memory/compute trade-off, same function.
+  # Same function: a memory/compute trade-off, and where the token cache lives.
+  checkpoint_ignored_keys = ("lam.remat", "lam.token_cache_dir")
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
@@ -101,12 +102,16 @@ class LatentActionStage:
 
   @classmethod
   def build(cls, config: ConfigDict, workdir: str) -> "LatentActionStage":
-    """Loads the frozen tokenizer checkpoint and caches its tokens in <workdir>/tokens."""
+    """Loads the frozen tokenizer checkpoint and caches its tokens of the data.
+
+    The cache is `config.lam.token_cache_dir` (runs on one dataset and tokenizer may share
+    it), or <workdir>/tokens when that is empty.
+    """
     cls.check_config(config)
     tokenizer, params, ckpt_dir, step = loading.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda p, f: tokenizer.apply(
         {"params": p}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
-    data_dir = os.path.join(workdir, "tokens")
+    data_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
     meta = tokens_lib.cache_tokens(config.data.dir, data_dir, lambda f: encode(params, f),
                                    tag=dict(checkpoint=ckpt_dir, step=int(step)))
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],

@@ -1,7 +1,10 @@
 # The ad-hoc driver of the 2000-episode runs as run on 2026-11-29 (that machine's paths);
 # `python experiments/table1.py --setting=cpu_long` is the reproducible form of this recipe.
 """FLAM at the cpu setting x3 (seed: 3rd argument, default 0) on 2000 episodes instead of 400: does more data stop
-the overfitting seen at 400 (train accuracy 0.983 vs test 0.948, copy 0.95)?"""
+the overfitting seen at 400 (train accuracy 0.983 vs test 0.948, copy 0.95)?
+
+Optional 4th argument: config overrides as JSON ('{"lam.num_slots": 8}'), with a 5th argument naming the run
+(workdir <variant>_<name>_4a_<episodes>/seed<seed>)."""
 import json, os, sys, time
 sys.path.insert(0, "/work/main")
 from experiments import settings
@@ -12,12 +15,14 @@ from flam_jax.lib import evaluator
 episodes = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 variant = sys.argv[2] if len(sys.argv) > 2 else "flam"
 seed = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+overrides = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+name = f"{variant}_{sys.argv[5]}" if len(sys.argv) > 5 else variant
 root = "/tmp/flam_device_experiment/runs/cpu_x3_more"
 data_dir = f"{root}/data_4a_{episodes}"
 tokenizer = "/tmp/flam_device_experiment/runs/cpu_x3/tokenizer_4a"
-workdir = f"{root}/{variant}_4a_{episodes}/seed{seed}"
+workdir = f"{root}/{name}_4a_{episodes}/seed{seed}"
 setting = settings.get_setting("cpu")
-config = settings.lam_config(setting, variant, 4, seed, data_dir, tokenizer, 3.0, {})
+config = settings.lam_config(setting, variant, 4, seed, data_dir, tokenizer, 3.0, overrides)
 config.data.generate.episodes = episodes
 if not os.path.exists(os.path.join(data_dir, "metadata.json")):
   train.write_dataset(config, data_dir, progress=False)
