@@ -34,6 +34,8 @@ EXTRA_ROWS = (
     ("ari_fg", "ARI-FG (slots vs agents)"), ("disentanglement", "slot-agent disentanglement"),
     ("probe_accuracy", "latent action probe accuracy"), ("probe_majority", "probe majority baseline"),
     ("probe_accuracy_given_heading", "probe accuracy given the agent's heading"),
+    ("bound_fraction", "agents bound to their matched slot (share >= 0.5)"),
+    ("probe_accuracy_given_heading_bound", "probe accuracy given the heading, bound agents"),
     ("copy_psnr_t@1", "PSNR t=1 of copy (predict no change)"),
     ("copy_token_accuracy_t@1", "token accuracy t=1 of copy"),
 )

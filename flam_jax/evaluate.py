@@ -59,7 +59,8 @@ def _load_runs(workdir: str, settings: Dict[str, Any]):
 
 SKIPPED_KEYS = dict(ari_fg="ari_fg", disentanglement="disentanglement",
                     probe_accuracy="probe", probe_majority="probe",
-                    probe_accuracy_given_heading="probe")  # Table key -> skipped key.
+                    probe_accuracy_given_heading="probe", bound_fraction="disentanglement",
+                    probe_accuracy_given_heading_bound="probe")  # Table key -> skipped key.
 
 
 def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str:
@@ -85,7 +86,10 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
                      ("tokenizer_psnr", "tokenizer PSNR (ceiling)"), ("ari_fg", "ARI-FG"),
                      ("disentanglement", "slot-agent disentanglement"),
                      ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority"),
-                     ("probe_accuracy_given_heading", "probe accuracy given the heading")]:
+                     ("bound_fraction", "agents bound to their slot"),
+                     ("probe_accuracy_given_heading", "probe accuracy given the heading"),
+                     ("probe_accuracy_given_heading_bound",
+                      "probe accuracy given the heading, bound agents")]:
     if SKIPPED_KEYS.get(key) in skipped:
       rows.append((label, ["skipped"] * len(results)))
     else:

@@ -157,6 +157,26 @@ def test_probe_given_heading_decodes_absolute_codes():
   assert out["accuracy"] > 0.95, out
 
 
+def test_probe_on_bound_agents_separates_binding_from_the_latents():
+  """Where a slot does not hold its agent (share < BOUND_SHARE) its code is noise: the
+  probe over all pairs drops, the probe on bound agents stays exact."""
+  rng = np.random.default_rng(2)
+  _, stage, _ = _stage_and_params("flam")
+  spec = eval_step.EvalSpec.from_stage(stage)
+  m = 200
+  actions = rng.integers(0, 4, (m, 3, 2))
+  headings = rng.integers(0, 4, (m, 3, 2))
+  share = np.where(rng.random((m, 3, 2)) < 0.5, 0.9, 0.1)
+  codes = np.where(share >= probe_lib.BOUND_SHARE, (headings + actions) % 4,
+                   rng.integers(0, 4, (m, 3, 2)))
+  ex = dict(probe_latent=np.zeros((m, 3, 2, 2), np.float32), probe_code=codes,
+            probe_valid=np.ones((m, 3, 2), bool), probe_label=actions,
+            probe_heading=headings, matched_share=share,
+            episode=np.repeat(np.arange(8), m // 8))
+  probe = probe_lib.probe_latent_actions(ex, spec, steps=200)
+  assert probe["accuracy_given_heading"] < 0.75 < 0.95 < probe["accuracy_given_heading_bound"]
+
+
 @pytest.mark.parametrize("variant", ["flam", "lam"])
 def test_eval_step_end_to_end(variant, batches):
   config, stage, (params,) = _stage_and_params(variant)
@@ -174,8 +194,10 @@ def test_eval_step_end_to_end(variant, batches):
   if variant == "flam":
     assert -1.0 <= out["ari_fg"] <= 1.0
     assert 1.0 / config.lam.num_slots - 1e-6 <= out["disentanglement"] <= 1.0
+    assert 0.0 <= out["bound_fraction"] <= 1.0
   else:
     assert out["ari_fg"] is None and out["disentanglement"] is None
+    assert out["bound_fraction"] is None
 
 
 def test_copy_baseline_is_exact_on_static_windows(batches):

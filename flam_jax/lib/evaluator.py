@@ -39,7 +39,8 @@ DATA_FIELDS = ("frames", "masks", "actions", "headings")
 PER_STEP_KEYS = ("psnr_t", "ssim_t", "psnr_random_t", "delta_psnr_t", "token_accuracy_t",
                  "copy_psnr_t", "copy_token_accuracy_t")
 # The probe's summary keys (probe_<key>; `probe.probe_latent_actions`).
-PROBE_KEYS = ("accuracy", "majority", "train_accuracy", "test_pairs", "accuracy_given_heading")
+PROBE_KEYS = ("accuracy", "majority", "train_accuracy", "test_pairs", "accuracy_given_heading",
+              "accuracy_given_heading_bound")
 
 
 def eval_settings(config: ConfigDict) -> Dict[str, Any]:
@@ -64,7 +65,9 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
   Means over windows: psnr_t, ssim_t, psnr_random_t, delta_psnr_t,
   token_accuracy_t (per step t = 1..P), tokenizer_psnr, ari_fg (per window: mean
   over its frames). disentanglement = sum of matched shares / number of
-  (transition, moving agent) pairs. Keys that do not apply to the variant, or whose
+  (transition, moving agent) pairs. bound_fraction = the fraction of (transition, agent)
+  pairs whose matched slot covers at least `probe.BOUND_SHARE` of the agent's pixels. Keys
+  that do not apply to the variant, or whose
   ground truth the data lacks, are None; `skipped` ({metric: why},
   `eval_step.skipped_metrics`) is reported as is. Per-step metrics are means over the
   windows of the per-window means over start frames (`eval_step.eval_step`).
@@ -85,6 +88,8 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
   out["disentanglement"] = None
   if "disentangle_sum" in ex and ex["disentangle_count"].sum() > 0:
     out["disentanglement"] = float(ex["disentangle_sum"].sum() / ex["disentangle_count"].sum())
+  out["bound_fraction"] = (float(np.mean(ex["matched_share"] >= probe.BOUND_SHARE))
+                           if "matched_share" in ex else None)
   probed = probe.probe_latent_actions(ex, spec, probe_steps) or {}
   for key in PROBE_KEYS:
     out[f"probe_{key}"] = probed.get(key)

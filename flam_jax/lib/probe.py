@@ -10,6 +10,11 @@ egocentric (turn left / right, forward, stay), so a latent that encodes the agen
 next absolute state (e.g. "faces east") says nothing about the action on its own, yet
 determines it given the current heading. The product features (one-hot of (code,
 heading), or latent x one-hot heading) keep that probe linear.
+
+A slot's latent action can only describe its agent when the slot holds that agent: the
+heading probe is also scored on the test pairs whose matched slot covers at least
+BOUND_SHARE of the agent's pixels (`accuracy_given_heading_bound`), which separates what
+the latent actions carry from how well the slots bind.
 """
 
 from typing import Dict, Optional
@@ -21,6 +26,7 @@ import optax
 
 from flam_jax.modules import fsq
 
+BOUND_SHARE = 0.5  # An agent is bound to its matched slot when the slot covers this share.
 
 def _probe_features(latent, codes, agents, num_agents: int, num_codes: int,
                     mean=None, std=None, headings=None, num_headings: int = 0):
@@ -69,12 +75,14 @@ def _fit_logistic(x_train, y_onehot, weight_decay, steps_array):
 
 
 def fit_probe(x_train, y_train, x_test, y_test, num_classes: int, *, steps: int = 300,
-              weight_decay: float = 1e-4) -> Dict[str, float]:
+              weight_decay: float = 1e-4, test_subset=None) -> Dict[str, float]:
   """Linear probe latent -> action (Sec 4.3's latent action decoder, fitted LAPO-style).
 
   Multinomial logistic regression on [M, F] features, `steps` full-batch Adam steps
   (lr 0.1, L2 `weight_decay`). Returns test accuracy, train accuracy and the
-  majority-class baseline (the train split's most frequent action, scored on test).
+  majority-class baseline (the train split's most frequent action, scored on test);
+  with `test_subset` (bool [M_test]), also the test accuracy on those pairs
+  (`subset_accuracy`, None when the subset is empty).
   """
   x_train, x_test = np.asarray(x_train, np.float32), np.asarray(x_test, np.float32)
   y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
@@ -84,9 +92,14 @@ def fit_probe(x_train, y_train, x_test, y_test, num_classes: int, *, steps: int 
   weights, bias = np.asarray(weights), np.asarray(bias)
   predict = lambda x: np.argmax(x @ weights + bias, axis=-1)
   majority = np.bincount(y_train, minlength=num_classes).argmax()
-  return dict(accuracy=float(np.mean(predict(x_test) == y_test)),
-              train_accuracy=float(np.mean(predict(x_train) == y_train)),
-              majority=float(np.mean(y_test == majority)))
+  correct = predict(x_test) == y_test
+  out = dict(accuracy=float(np.mean(correct)),
+             train_accuracy=float(np.mean(predict(x_train) == y_train)),
+             majority=float(np.mean(y_test == majority)))
+  if test_subset is not None:
+    test_subset = np.asarray(test_subset, bool)
+    out["subset_accuracy"] = float(np.mean(correct[test_subset])) if test_subset.any() else None
+  return out
 
 
 def probe_latent_actions(ex: Dict[str, np.ndarray], spec,
@@ -96,7 +109,8 @@ def probe_latent_actions(ex: Dict[str, np.ndarray], spec,
   Features: the one-hot FSQ code of the latent action (codes are categorical) or
   the standardised Gaussian latent, in a separate block per agent (one linear probe
   per agent, fitted jointly); with `probe_heading` in `ex`, also `accuracy_given_heading`
-  (module docstring). Splitting by episode keeps the overlapping windows of
+  and, with `matched_share` [M, T-1, agents] too, `accuracy_given_heading_bound` (module
+  docstring). Splitting by episode keeps the overlapping windows of
   one episode on one side; with a single episode, by window order instead.
   """
   if "probe_latent" not in ex:
@@ -130,8 +144,12 @@ def probe_latent_actions(ex: Dict[str, np.ndarray], spec,
     headings = ex["probe_heading"][valid]
     feats = _probe_features(latent, codes, agents, num_agents, num_codes, mean, std,
                             headings, int(headings.max()) + 1)
-    out["accuracy_given_heading"] = fit_probe(
-        feats[train], labels[train], feats[~train], labels[~train], num_classes,
-        steps=steps)["accuracy"]
+    bound = (ex["matched_share"][valid][~train] >= BOUND_SHARE
+             if "matched_share" in ex else None)
+    given_heading = fit_probe(feats[train], labels[train], feats[~train], labels[~train],
+                              num_classes, steps=steps, test_subset=bound)
+    out["accuracy_given_heading"] = given_heading["accuracy"]
+    if bound is not None:
+      out["accuracy_given_heading_bound"] = given_heading["subset_accuracy"]
   return out
 
