@@ -132,16 +132,20 @@ def test_probe_beats_majority_on_separable_data():
   assert "accuracy_given_heading" not in probe  # No headings in the data.
 
 
+def _heading_task(seed: int, m: int):
+  """(flam eval spec, rng, actions and headings [m, 3 transitions, 2 agents]) for the probe."""
+  rng = np.random.default_rng(seed)
+  _, stage, _ = _stage_and_params("flam")
+  spec = eval_step.EvalSpec.from_stage(stage)
+  return spec, rng, rng.integers(0, 4, (m, 3, 2)), rng.integers(0, 4, (m, 3, 2))
+
+
 def test_probe_given_heading_decodes_absolute_codes():
   """A code that is the agent's next absolute heading (heading + action mod 4) tells the
   egocentric action nothing alone (the plain probe is at chance) and everything given the
   heading at t; a Gaussian latent likewise."""
-  rng = np.random.default_rng(1)
-  _, stage, _ = _stage_and_params("flam")
-  spec = eval_step.EvalSpec.from_stage(stage)
   m = 200
-  actions = rng.integers(0, 4, (m, 3, 2))
-  headings = rng.integers(0, 4, (m, 3, 2))
+  spec, rng, actions, headings = _heading_task(seed=1, m=m)
   codes = (headings + actions) % 4
   ex = dict(probe_latent=np.zeros((m, 3, 2, 2), np.float32), probe_code=codes,
             probe_valid=np.ones((m, 3, 2), bool), probe_label=actions,
@@ -160,12 +164,8 @@ def test_probe_given_heading_decodes_absolute_codes():
 def test_probe_on_bound_agents_separates_binding_from_the_latents():
   """Where a slot does not hold its agent (share < BOUND_SHARE) its code is noise: the
   probe over all pairs drops, the probe on bound agents stays exact."""
-  rng = np.random.default_rng(2)
-  _, stage, _ = _stage_and_params("flam")
-  spec = eval_step.EvalSpec.from_stage(stage)
   m = 200
-  actions = rng.integers(0, 4, (m, 3, 2))
-  headings = rng.integers(0, 4, (m, 3, 2))
+  spec, rng, actions, headings = _heading_task(seed=2, m=m)
   share = np.where(rng.random((m, 3, 2)) < 0.5, 0.9, 0.1)
   codes = np.where(share >= probe_lib.BOUND_SHARE, (headings + actions) % 4,
                    rng.integers(0, 4, (m, 3, 2)))
