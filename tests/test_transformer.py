@@ -1,6 +1,7 @@
 """Transformer blocks: shapes, masking, conditioning on the context, remat equivalence;
 attention through jax.nn.dot_product_attention equals flax's reference attention
-(outputs and gradients), and the blocks' causal flag equals an explicit causal mask."""
+(outputs and gradients), in one call and a block of queries at a time, and the blocks'
+causal flag equals an explicit causal mask."""
 
 import functools
 
@@ -22,9 +23,15 @@ def _qkv(batch_shape, q_len=5, k_len=7, heads=2, depth=4, seed=0):
           jax.random.normal(keys[2], batch_shape + (k_len, heads, depth)))
 
 
+# None: one call at these sizes; 2 * 7 logits a block: one query of 2 heads x 7 keys (the
+# blocked path, as on XLA:CPU/TPU for long sequences).
+BLOCKINGS = [None, 14]
+
+
 @pytest.mark.parametrize("batch_shape", [(3,), (2, 3)])
 @pytest.mark.parametrize("mask_kind", ["none", "shared", "per_example"])
-def test_attention_matches_flax_reference(batch_shape, mask_kind):
+@pytest.mark.parametrize("max_block_logits", BLOCKINGS)
+def test_attention_matches_flax_reference(batch_shape, mask_kind, max_block_logits):
   q, k, v = _qkv(batch_shape)
   mask = None
   if mask_kind == "shared":
@@ -39,18 +46,28 @@ def test_attention_matches_flax_reference(batch_shape, mask_kind):
 
   (_, want), want_grads = jax.value_and_grad(
       functools.partial(loss, nn.dot_product_attention), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  ours = functools.partial(transformer.attention, max_block_logits=max_block_logits)
   (_, got), got_grads = jax.value_and_grad(
-      functools.partial(loss, transformer.attention), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+      functools.partial(loss, ours), argnums=(0, 1, 2), has_aux=True)(q, k, v)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_is_causal_equals_causal_mask():
+@pytest.mark.parametrize("max_block_logits", [None, 3 * 2 * 6 * 2])  # Blocks of 2 queries.
+def test_is_causal_equals_causal_mask(max_block_logits):
   q, k, v = _qkv((3,), q_len=6, k_len=6)
   mask = nn.make_causal_mask(jnp.zeros((1, 6)))
-  np.testing.assert_allclose(transformer.attention(q, k, v, is_causal=True),
-                             nn.dot_product_attention(q, k, v, mask=mask), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      transformer.attention(q, k, v, is_causal=True, max_block_logits=max_block_logits),
+      nn.dot_product_attention(q, k, v, mask=mask), rtol=1e-5, atol=1e-5)
+
+
+def test_query_block_size_divides_and_bounds_the_logits():
+  assert transformer._query_block_size(100, 256, 2 ** 26) == 256  # pylint: disable=protected-access
+  # Table 4's aggregator: 1600 sequences x 8 heads x 256 keys a query -> blocks of 16.
+  assert transformer._query_block_size(1600 * 8 * 256, 256, 2 ** 26) == 16  # pylint: disable=protected-access
+  assert transformer._query_block_size(10 ** 9, 6, 2 ** 26) == 1  # pylint: disable=protected-access
 
 
 def test_bfloat16_attention_softmax_in_float32():

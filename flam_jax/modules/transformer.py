@@ -6,7 +6,10 @@ attention softmaxes run in float32 for stability.
 
 Attention goes through `jax.nn.dot_product_attention` (`attention` below): cuDNN's fused
 flash attention on a GPU where it applies (bfloat16/float16, supported head sizes), XLA's
-implementation elsewhere; both compute the logits and the softmax in float32.
+implementation elsewhere; both compute the logits and the softmax in float32. Off the GPU,
+where XLA materialises the [.., heads, q, k] logits, a long attention runs one block of
+queries at a time (`lax.map`, each block rematerialised in the backward), so no more than
+MAX_BLOCK_LOGITS logits are live at once; the softmax is per query row, so this is exact.
 """
 
 import functools
@@ -17,13 +20,54 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 
-def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = False):
+# Off the GPU, attention over more logits than this (per call, all heads and sequences)
+# runs a block of queries at a time: 2**26 float32 logits are 256 MiB.
+MAX_BLOCK_LOGITS = 2 ** 26
+
+
+def _query_block_size(num_logits_per_query: int, num_queries: int, max_logits: int) -> int:
+  """The largest divisor of num_queries whose block holds at most max_logits logits."""
+  most = max(1, max_logits // max(num_logits_per_query, 1))
+  return max(d for d in range(1, num_queries + 1) if num_queries % d == 0 and d <= most)
+
+
+def _blocked_attention(query, key, value, mask, is_causal: bool, block: int):
+  """jax.nn.dot_product_attention over [B, Q, H, D] queries, `block` queries at a time.
+
+  Each block's logits and softmax are recomputed in the backward (jax.checkpoint), so only
+  one block's [B, H, block, K] arrays are live; keys and values are shared by all blocks.
+  """
+  b, nq, h, d = query.shape
+  nk = key.shape[1]
+  num_blocks = nq // block
+  q_blocks = query.reshape(b, num_blocks, block, h, d).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_block(args):
+    q_blk, start = args
+    blk_mask = None
+    if mask is not None:  # [1|B, 1|H, 1|Q, K]: this block's query rows.
+      blk_mask = (mask if mask.shape[-2] == 1 else
+                  jax.lax.dynamic_slice_in_dim(mask, start, block, axis=mask.ndim - 2))
+    if is_causal:  # Query i attends keys j <= i (the fused kernel's is_causal).
+      causal = (start + jnp.arange(block))[:, None] >= jnp.arange(nk)[None, :]
+      blk_mask = causal[None, None] if blk_mask is None else blk_mask & causal
+    return jax.nn.dot_product_attention(q_blk, key, value, mask=blk_mask)
+
+  out = jax.lax.map(one_block, (q_blocks, jnp.arange(num_blocks) * block))
+  return out.swapaxes(0, 1).reshape(b, nq, h, d)
+
+
+def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = False,
+              max_block_logits: Optional[int] = None):
   """A flax `attention_fn`: softmax(q k^T / sqrt(d)) v through jax.nn.dot_product_attention.
 
   query [..., q, heads, d], key and value [..., k, heads, d], `mask` (boolean or 0/1) broadcastable
   to [..., heads, q, k] (True: attend). Leading batch dims are folded into one (the fused
   kernel takes [B, T, N, H]). `is_causal` masks key positions after the query's without a
   mask array, which lets the fused kernel skip them. No attention dropout (none is used).
+  Off the GPU, more than `max_block_logits` (default MAX_BLOCK_LOGITS) logits run in query
+  blocks (module docstring).
   """
   batch_shape = query.shape[:-3]
   fold = lambda x: x.reshape((-1,) + x.shape[-3:])
@@ -35,9 +79,14 @@ def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = Fal
     else:
       mask = fold(jnp.broadcast_to(mask, batch_shape + mask.shape[-3:]))
   dtype = dtype or query.dtype
-  out = jax.nn.dot_product_attention(
-      fold(query).astype(dtype), fold(key).astype(dtype), fold(value).astype(dtype),
-      mask=mask, is_causal=is_causal)
+  query, key, value = (fold(x).astype(dtype) for x in (query, key, value))
+  b, nq, h, _ = query.shape
+  max_logits = MAX_BLOCK_LOGITS if max_block_logits is None else max_block_logits
+  block = _query_block_size(b * h * key.shape[1], nq, max_logits)
+  if jax.default_backend() != "gpu" and block < nq:
+    out = _blocked_attention(query, key, value, mask, is_causal, block)
+  else:
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
   return out.reshape(batch_shape + out.shape[-3:])
 
 
