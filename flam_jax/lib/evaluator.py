@@ -66,9 +66,8 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
   token_accuracy_t (per step t = 1..P), tokenizer_psnr, ari_fg (per window: mean
   over its frames). disentanglement = sum of matched shares / number of
   (transition, moving agent) pairs. bound_fraction = the fraction of (transition, agent)
-  pairs whose matched slot covers at least `probe.BOUND_SHARE` of the agent's pixels. Keys
-  that do not apply to the variant, or whose
-  ground truth the data lacks, are None; `skipped` ({metric: why},
+  pairs whose matched slot covers at least `probe.BOUND_SHARE` of the agent's pixels.
+  Keys that do not apply to the variant, or whose ground truth the data lacks, are None; `skipped` ({metric: why},
   `eval_step.skipped_metrics`) is reported as is. Per-step metrics are means over the
   windows of the per-window means over start frames (`eval_step.eval_step`).
   """

@@ -28,6 +28,7 @@ from flam_jax.modules import fsq
 
 BOUND_SHARE = 0.5  # An agent is bound to its matched slot when the slot covers this share.
 
+
 def _probe_features(latent, codes, agents, num_agents: int, num_codes: int,
                     mean=None, std=None, headings=None, num_headings: int = 0):
   """Per-agent blocks of [one-hot code | standardised latent, 1]: [M, agents * F].
