@@ -31,7 +31,7 @@ PIXEL_FIELDS = ("frames", "masks")
 
 def data_fingerprint(data_dir: str) -> dict[str, str]:
   """Which dataset a cache was made from: its absolute path and a hash of its metadata."""
-  with open(os.path.join(data_dir, "metadata.json"), "rb") as f:
+  with open(os.path.join(data_dir, records.METADATA_FILE), "rb") as f:
     digest = hashlib.sha256(f.read()).hexdigest()[:16]
   return dict(data=os.path.realpath(data_dir), data_metadata=digest)
 
