@@ -16,7 +16,7 @@ from flam_jax.errors import ConfigError
 
 SETTINGS = ("tiny", "small", "cpu", "cpu_long", "paper")
 VARIANT_TITLES = dict(wm="WM", lam="LAM", oc_lam="OC+LAM", flam="FLAM",
-                      lam_joint="LAM (4^n codes)")
+                      lam_joint="LAM (4^n codes)", flam_v2="FLAM (later version)")
 ACTIONS_PER_AGENT = 4  # Multigrid: turn left / turn right / forward / stay.
 MAX_SCENE_FACTORS = 4  # LAM's joint scene codebook: 4 levels per agent, at most 4^4 = 256 codes.
 PAPER_ACTION_LEVELS = (2, 2)  # Table 4, Multigrid: 4 action codes (LAM's scene action too).

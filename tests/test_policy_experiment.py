@@ -39,7 +39,7 @@ def test_tiny_end_to_end_and_rerun_skips(tmp_path):
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   with open(os.path.join(root, "tiny", "results.json")) as f:
     results = json.load(f)
-  for mode in ("true_actions", "labelled", "lam", "flam"):
+  for mode, *_ in policy_experiment.MODES:
     stat = results["results"][f"2d/{mode}/5"]["success_rate"]
     assert stat["n"] == 1 and 0.0 <= stat["mean"] <= 1.0, mode
   assert os.path.exists(os.path.join(root, "tiny", "policy_2d.png"))
