@@ -138,6 +138,10 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # LAM at Table 4's size keeps [P, B*S, heads, N, N] attention weights per block
   # otherwise (benchmarks/RESULTS.md: 23.9 GiB of temporaries at batch 8 without it).
   config.lam.remat = True
+  # ... a slice of the batch at a time: nn.remat alone let XLA:CPU keep every block's
+  # recomputed activations live (Table 4 size, batch 64: LAM 64 GiB, FLAM 36 GiB of
+  # temporaries); with 8 slices LAM needs 15 GiB and FLAM 15 GiB (benchmarks/RESULTS.md).
+  config.lam.remat_chunks = 8
   config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
 
   # Evaluation (`--config.stage=eval`, flam_jax/lib/evaluator.py): PSNR_t, Delta PSNR, SSIM,

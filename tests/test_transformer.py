@@ -144,6 +144,44 @@ def test_remat_block_has_the_same_parameters_and_outputs():
       transformer.SelfAttentionBlock)
 
 
+class _TwoDecoderBlocks(nn.Module):
+  """Two DecoderBlocks built through maybe_remat, as the aggregator builds them."""
+
+  remat: bool
+  chunks: int = 1
+
+  @nn.compact
+  def __call__(self, x, context):
+    for i in range(2):
+      x = transformer.maybe_remat(transformer.DecoderBlock, self.remat, self.chunks)(
+          num_heads=2, causal=True, name=f"block_{i}")(x, context)
+    return x
+
+
+@pytest.mark.parametrize("chunks", [2, 4])  # 6 rows: 2 slices of 3; 4 -> 6 slices of 1.
+def test_chunked_remat_has_the_same_parameters_outputs_and_gradients(chunks):
+  x = jax.random.normal(jax.random.key(5), (6, L, D))
+  context = jax.random.normal(jax.random.key(3), (6, 3, D))
+  plain, chunked = _TwoDecoderBlocks(remat=False), _TwoDecoderBlocks(remat=True, chunks=chunks)
+  params = plain.init(jax.random.key(7), x, context)
+  assert jax.tree.structure(chunked.init(jax.random.key(7), x, context)) == (
+      jax.tree.structure(params))
+  loss = lambda module: jax.jit(jax.value_and_grad(
+      lambda p, x, c: jnp.sum(jnp.sin(module.apply(p, x, c))), argnums=(0, 1, 2)))
+  (value_plain, grads_plain), (value_chunked, grads_chunked) = (
+      loss(plain)(params, x, context), loss(chunked)(params, x, context))
+  np.testing.assert_allclose(float(value_chunked), float(value_plain), rtol=1e-5)
+  for g_chunked, g_plain in zip(jax.tree.leaves(grads_chunked), jax.tree.leaves(grads_plain)):
+    np.testing.assert_allclose(np.asarray(g_chunked), np.asarray(g_plain), rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_count_divides_the_rows():
+  assert transformer._num_chunks(64 * 9, 8) == 8  # pylint: disable=protected-access
+  assert transformer._num_chunks(6, 4) == 6  # pylint: disable=protected-access
+  assert transformer._num_chunks(7, 2) == 7  # pylint: disable=protected-access
+  assert transformer._num_chunks(3, 8) == 3  # pylint: disable=protected-access
+
+
 def test_bfloat16_compute_keeps_float32_parameters():
   block = transformer.SelfAttentionBlock(num_heads=2, dtype=jnp.bfloat16)
   x = _x(8)

@@ -116,20 +116,23 @@ def test_bfloat16_compute_runs_with_float32_params():
 
 @pytest.mark.parametrize("variant", ["lam", "flam_regression"])
 def test_remat_changes_memory_not_the_function(variant):
-  """lam.remat recomputes IDM/FDM/aggregator activations: same params, loss and grads."""
+  """lam.remat (and lam.remat_chunks, slices of the batch recomputed in a loop) recompute
+  IDM/FDM/aggregator activations: same params, loss and grads."""
   config, _, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1, variant=variant)
   grads = {}
-  for remat in (False, True):
-    config.lam.remat = remat
+  for remat, chunks in ((False, 1), (True, 1), (True, 2)):
+    config.lam.remat, config.lam.remat_chunks = remat, chunks
     stage = stage_fixtures.make_lam_stage(config)
     params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
     loss_fn = lambda p: stage.loss(p, batch, jax.random.PRNGKey(1))[0]  # pylint: disable=cell-var-from-loop
-    grads[remat] = jax.jit(jax.value_and_grad(loss_fn))(params)
-  (loss_plain, grad_plain), (loss_remat, grad_remat) = grads[False], grads[True]
-  assert jax.tree.structure(grad_plain) == jax.tree.structure(grad_remat)
-  np.testing.assert_allclose(float(loss_plain), float(loss_remat), rtol=1e-5)
-  for g_plain, g_remat in zip(jax.tree.leaves(grad_plain), jax.tree.leaves(grad_remat)):
-    np.testing.assert_allclose(np.asarray(g_plain), np.asarray(g_remat), rtol=1e-3, atol=1e-5)
+    grads[remat, chunks] = jax.jit(jax.value_and_grad(loss_fn))(params)
+  loss_plain, grad_plain = grads[False, 1]
+  for key in ((True, 1), (True, 2)):
+    loss_remat, grad_remat = grads[key]
+    assert jax.tree.structure(grad_plain) == jax.tree.structure(grad_remat)
+    np.testing.assert_allclose(float(loss_plain), float(loss_remat), rtol=1e-5)
+    for g_plain, g_remat in zip(jax.tree.leaves(grad_plain), jax.tree.leaves(grad_remat)):
+      np.testing.assert_allclose(np.asarray(g_plain), np.asarray(g_remat), rtol=1e-3, atol=1e-5)
 
 
 def test_config_errors_name_the_key():

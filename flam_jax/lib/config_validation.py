@@ -212,6 +212,7 @@ LAM_RULES: Tuple[Any, ...] = (
     _pos("lam.aggregator_blocks"),
     _pos("lam.prediction_steps"),
     Rule("lam.remat", "bool", optional=True),
+    Rule("lam.remat_chunks", "int", low=1, optional=True),
     Rule("lam.aggregator_parallel", "bool", optional=True),
     Rule("lam.changed_patch_weight", "float", low=1, optional=True),
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),

@@ -140,6 +140,7 @@ class ClassificationAggregator(nn.Module):
   codebook_size: int = 0  # C; if > 0 it must equal prod(subtoken_sizes).
   mlp_ratio: float = 4.0
   remat: bool = False  # Teacher forcing: recompute block activations in the backward pass.
+  remat_chunks: int = 1  # With remat: recompute a slice of the sequences at a time.
   # Teacher forcing: each previous-token input is replaced by the start embedding
   # ("unknown") with this probability ('dropout' rng), so the model cannot lean on the
   # true context more than greedy decoding will be able to (exposure bias).
@@ -193,7 +194,7 @@ class ClassificationAggregator(nn.Module):
 
     remat = self.remat and not decode  # Decoding takes no gradients.
     for i in range(self.num_blocks):  # Causal self-attention, cross-attention, one MLP.
-      x_bld = maybe_remat(DecoderBlock, remat)(
+      x_bld = maybe_remat(DecoderBlock, remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           decode=decode, causal=not self.parallel, name=f"block_{i}")(x_bld, slots_bkd)
     h_bld = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bld)
@@ -328,6 +329,7 @@ class RegressionAggregator(nn.Module):
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
   remat: bool = False  # Recompute block activations in the backward pass (memory).
+  remat_chunks: int = 1  # With remat: recompute a slice of the sequences at a time.
 
   @nn.compact
   def __call__(self, slots_bkd: jnp.ndarray, anchor_bnf=None) -> jnp.ndarray:
@@ -348,7 +350,7 @@ class RegressionAggregator(nn.Module):
       x_bnd = x_bnd + nn.Dense(self.d_model, dtype=self.dtype, name="anchor_proj")(
           anchor_bnf).astype(jnp.float32)
     for i in range(self.num_blocks):  # Self-attention, cross-attention, one MLP.
-      x_bnd = maybe_remat(DecoderBlock, self.remat)(
+      x_bnd = maybe_remat(DecoderBlock, self.remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"block_{i}")(x_bnd, slots_bkd)
     h_bnd = nn.LayerNorm(dtype=jnp.float32, name="ln_out")(x_bnd)

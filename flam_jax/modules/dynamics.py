@@ -43,6 +43,7 @@ class InverseDynamics(nn.Module):
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
   remat: bool = False  # Recompute block activations in the backward pass (memory).
+  remat_chunks: int = 1  # With remat: recompute a slice of the batch at a time (transformer.maybe_remat).
 
   @nn.compact
   def __call__(self, slots_t_bkd: jnp.ndarray, slots_tp1_bkd: jnp.ndarray) -> jnp.ndarray:
@@ -51,11 +52,11 @@ class InverseDynamics(nn.Module):
     x_bkd = slots_t_bkd  # Spatial stream, frame t.
     q_bkd = slots_tp1_bkd  # Query stream, frame t+1.
     for i in range(self.num_blocks):
-      x_bkd = maybe_remat(SelfAttentionBlock, self.remat)(
+      x_bkd = maybe_remat(SelfAttentionBlock, self.remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"spatial_{i}")(x_bkd)
       context_bk2d = _temporal_context(x_bkd, q_bkd)
-      q_bk1d = maybe_remat(CrossAttentionBlock, self.remat)(
+      q_bk1d = maybe_remat(CrossAttentionBlock, self.remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"temporal_{i}")(q_bkd[:, :, None, :], context_bk2d)
       q_bkd = q_bk1d[:, :, 0, :]
@@ -82,6 +83,7 @@ class ForwardDynamics(nn.Module):
   dtype: jnp.dtype = jnp.float32
   mlp_ratio: float = 4.0
   remat: bool = False  # Recompute block activations in the backward pass (memory).
+  remat_chunks: int = 1  # With remat: recompute a slice of the batch at a time (transformer.maybe_remat).
   additive_actions: bool = False
   # Zero-initialised action embeddings (as adaLN-zero / ControlNet's zero convolutions):
   # at the start the actions change nothing, so the FDM has no reason to push the IDM's
@@ -111,11 +113,11 @@ class ForwardDynamics(nn.Module):
         x_bkd = x_bkd + nn.Dense(d, dtype=self.dtype, kernel_init=action_init,
                                  name=f"action_add_{i}")(
             actions_bka).astype(x_bkd.dtype)
-      x_bkd = maybe_remat(SelfAttentionBlock, self.remat)(
+      x_bkd = maybe_remat(SelfAttentionBlock, self.remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"spatial_{i}")(x_bkd)
       context_bk2d = _temporal_context(x_bkd, act_bkd)
-      x_bk1d = maybe_remat(CrossAttentionBlock, self.remat)(
+      x_bk1d = maybe_remat(CrossAttentionBlock, self.remat, self.remat_chunks)(
           num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
           name=f"temporal_{i}")(x_bkd[:, :, None, :], context_bk2d)
       x_bkd = x_bk1d[:, :, 0, :]

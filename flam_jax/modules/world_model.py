@@ -62,10 +62,12 @@ class _FDMStep(nn.Module):
   remat: bool = False
   additive_actions: bool = False
   zero_init_actions: bool = True
+  remat_chunks: int = 1
 
   @nn.compact
   def __call__(self, entities_bkd, actions_bka):
     nxt = ForwardDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat,
+                          remat_chunks=self.remat_chunks,
                           additive_actions=self.additive_actions,
                           zero_init_actions=self.zero_init_actions, name="fdm")(
         entities_bkd, actions_bka)
@@ -116,6 +118,9 @@ class LatentActionWorldModel(nn.Module):
   # Rematerialise the IDM, FDM and aggregator blocks: their attention weights over N
   # patch entities ([.., heads, N, N] per rollout step) dominate LAM's memory.
   remat: bool = False
+  # With remat: each block recomputes this many slices of its batch one after another, so
+  # one slice's activations are live in the backward (transformer.maybe_remat).
+  remat_chunks: int = 1
 
   def setup(self):
     if self.variant not in VARIANTS:
@@ -133,7 +138,8 @@ class LatentActionWorldModel(nn.Module):
       self.token_pos = self.param("token_pos", nn.initializers.normal(0.02),
                                   (self.num_patches, self.d_model), jnp.float32)
     if self.variant != "wm":
-      self.idm = InverseDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat)
+      self.idm = InverseDynamics(self.num_blocks, self.num_heads, self.dtype, remat=self.remat,
+                                 remat_chunks=self.remat_chunks)
       if self.variant in SCENE_ACTIONS:
         self.scene_pool = SceneActionPool(self.num_heads, self.dtype)
       self.bottleneck = latent_action.make_action_bottleneck(
@@ -143,18 +149,20 @@ class LatentActionWorldModel(nn.Module):
     self.fdm_scan = nn.scan(
         _FDMStep, variable_broadcast="params", split_rngs={"params": False},
         in_axes=1, out_axes=1)(self.num_blocks, self.num_heads, self.dtype, self.remat,
-                               self.fdm_additive_actions, self.fdm_zero_init_actions)
+                               self.fdm_additive_actions, self.fdm_zero_init_actions,
+                               self.remat_chunks)
     if self.aggregator_mode == "classification":
       self.aggregator = aggregator_lib.ClassificationAggregator(
           num_patches=self.num_patches, subtoken_sizes=tuple(self.subtoken_sizes),
           d_model=self.d_model, num_blocks=self.aggregator_blocks, num_heads=self.num_heads,
           dtype=self.dtype, codebook_size=self.codebook_size, remat=self.remat,
+          remat_chunks=self.remat_chunks,
           context_dropout=self.aggregator_context_dropout, parallel=self.aggregator_parallel)
     elif self.aggregator_mode == "regression":
       self.aggregator = aggregator_lib.RegressionAggregator(
           num_patches=self.num_patches, feature_dim=self.feature_dim, d_model=self.d_model,
           num_blocks=self.aggregator_blocks, num_heads=self.num_heads, dtype=self.dtype,
-          remat=self.remat)
+          remat=self.remat, remat_chunks=self.remat_chunks)
     else:
       raise ValueError(f"unknown aggregator_mode {self.aggregator_mode!r}; use "
                        "'classification' or 'regression'")

@@ -51,7 +51,7 @@ class LatentActionStage:
   data_fields = ("tokens", "actions")
   checkpoint_keys = ("stage", "lam", "tokenizer", "data.image_size", "data.window_length")
   # Same function: a memory/compute trade-off, and where the token cache lives.
-  checkpoint_ignored_keys = ("lam.remat", "lam.token_cache_dir")
+  checkpoint_ignored_keys = ("lam.remat", "lam.remat_chunks", "lam.token_cache_dir")
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
