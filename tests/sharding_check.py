@@ -17,9 +17,13 @@ from flam_jax.lib import optim, sharding, trainer
 from tests import stage_fixtures
 
 
-def run(stage_name: str, model_axis_size: int, num_steps: int = 3) -> None:
+def run(stage_name: str, model_axis_size: int, remat_chunks: int = 0, num_steps: int = 3) -> None:
+  """remat_chunks > 0: lam.remat on, each block recomputing that many slices of its batch."""
   assert jax.device_count() == 8, jax.devices()
   config, stage, batches = stage_fixtures.make(stage_name, batch_size=8, num_batches=num_steps)
+  if remat_chunks:
+    config.lam.remat, config.lam.remat_chunks = True, remat_chunks
+    stage = stage_fixtures.make_lam_stage(config)
   results, memory = {}, {}
   for num_devices, axis in ((1, 1), (8, model_axis_size)):
     mesh = sharding.make_mesh(axis, devices=jax.devices()[:num_devices])
@@ -43,10 +47,10 @@ def run(stage_name: str, model_axis_size: int, num_steps: int = 3) -> None:
     assert p8 < 1.5 * p1 / model_axis_size and o8 < 1.5 * o1 / model_axis_size, memory
   else:
     assert (p8, o8) == (p1, o1), memory
-  print(f"{stage_name}, model axis {model_axis_size}: losses 1 device {loss1}, 8 devices "
+  print(f"{stage_name}, model axis {model_axis_size}, remat chunks {remat_chunks}: losses 1 device {loss1}, 8 devices "
         f"{loss8}: equal; per-device params {p1 / 2**10:.1f} -> {p8 / 2**10:.1f} KiB, "
         f"optimizer state {o1 / 2**10:.1f} -> {o8 / 2**10:.1f} KiB")
 
 
 if __name__ == "__main__":
-  run(sys.argv[1], int(sys.argv[2]))
+  run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)

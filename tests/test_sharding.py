@@ -12,14 +12,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # lam with model axis 8 is not here: on this 2-core CPU its 8-device XLA:CPU collectives
 # sometimes deadlocked (one device thread never joined an all-reduce rendezvous); the
 # 2 x 4 mesh exercises the same FSDP code and passed every time it was run.
-@pytest.mark.parametrize("stage,model_axis_size", [("tokenizer", 1), ("lam", 1), ("lam", 4),
-                                                   ("tokenizer", 4)])
-def test_sharded_step_matches_single_device(stage, model_axis_size):
+# ("lam", 4, 2): FSDP with lam.remat_chunks=2, blocks recomputed a slice of the batch at a time.
+@pytest.mark.parametrize("stage,model_axis_size,remat_chunks", [
+    ("tokenizer", 1, 0), ("lam", 1, 0), ("lam", 4, 2), ("tokenizer", 4, 0)])
+def test_sharded_step_matches_single_device(stage, model_axis_size, remat_chunks):
   flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
   env = dict(os.environ, XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-m", "tests.sharding_check", stage,
-                                               str(model_axis_size)], env=env, cwd=ROOT,
+                        str(model_axis_size), str(remat_chunks)], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout + out.stderr[-3000:]
   assert "equal" in out.stdout

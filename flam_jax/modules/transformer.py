@@ -177,9 +177,12 @@ def _chunked_remat(block_cls: Type[nn.Module], chunks: int) -> Callable[..., Cal
     def call(*args):
       rows = args[0].shape[0]
       n = _num_chunks(rows, chunks)
+      # Slice j holds rows j, j + n, j + 2n, ...: the leading axis keeps the batch's
+      # sharding over the mesh's data axis, and every device works on every slice.
       scanned = nn.scan(nn.remat(body_cls), variable_broadcast="params",
-                        split_rngs={"params": False}, length=n)(**attributes)
-      _, out = scanned(None, *(a.reshape((n, rows // n) + a.shape[1:]) for a in args))
+                        split_rngs={"params": False}, in_axes=1, out_axes=1,
+                        length=n)(**attributes)
+      _, out = scanned(None, *(a.reshape((rows // n, n) + a.shape[1:]) for a in args))
       return out.reshape((rows,) + out.shape[2:])
     return call
 
