@@ -33,7 +33,10 @@ from experiments.settings import SETTINGS, get_setting
 from flam_jax.errors import ConfigError, FlamError
 
 def define_flags(default_root: str) -> None:
-  """The flags every experiment script takes."""
+  """The flags every experiment script takes (once per process: a test that imports two
+  scripts gets the first one's default --root)."""
+  if "setting" in flags.FLAGS:
+    return
   flags.DEFINE_enum("setting", "small", list(SETTINGS),
                     "tiny (tests), small (CPU, the 2026-11-23 runs), cpu (the quickstart recipe "
                     "with 4 agents, CPU), cpu_long (cpu with 2000 episodes and 3x the steps) "
@@ -64,28 +67,34 @@ def parse_seeds(values: Sequence[str]) -> List[int]:
   return seeds
 
 
-def experiment_from_flags(name: str) -> Tuple[Experiment, List[int]]:
+def experiment_from_flags(name: str, experiment_cls: Callable[..., Experiment] = Experiment
+                          ) -> Tuple[Experiment, List[int]]:
+  """`experiment_cls(name, setting, root, steps_scale, runs_root, compilation_cache)` from the
+  flags, and the seeds."""
   f = flags.FLAGS
   if f.steps_scale <= 0:
     raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
-  experiment = Experiment(name, get_setting(f.setting), f.root, f.steps_scale, f.runs_root,
-                          f.compilation_cache)
+  experiment = experiment_cls(name, get_setting(f.setting), f.root, f.steps_scale, f.runs_root,
+                              f.compilation_cache)
   return experiment, parse_seeds(f.seeds)
 
 
 def script_main(name: str, make_runs: Callable[[Experiment, List[int]], List[Run]],
-                report: Callable[..., str]) -> Callable[[Sequence[str]], None]:
+                report: Callable[..., str],
+                make_experiment: Callable[[str], Tuple[Experiment, List[int]]] = (
+                    experiment_from_flags)) -> Callable[[Sequence[str]], None]:
   """The absl `main` of an experiment script: train and evaluate `make_runs`, then `report`.
 
-  `report(experiment, runs, metrics, seeds)` writes the results. Logs are quiet and the
-  mistakes a user can make end in a one-line error (exit status 2).
+  `report(experiment, runs, metrics, seeds)` writes the results; `make_experiment(name)`
+  builds the experiment and the seeds from the flags. Logs are quiet and the mistakes a
+  user can make end in a one-line error (exit status 2).
   """
   def main(argv: Sequence[str]) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)  # Orbax and grain are chatty at INFO.
     try:
-      experiment, seeds = experiment_from_flags(name)
+      experiment, seeds = make_experiment(name)
       runs = make_runs(experiment, seeds)
       only = flags.FLAGS.only
       if only:

@@ -51,6 +51,18 @@ def fmt_paper(value: Optional[float]) -> str:
   return "–" if value is None else f"{value:.2f}"
 
 
+def psnr_rows(stats: Dict[str, Dict[str, Any]], columns: Sequence[str],
+              paper_psnr: Dict[str, Optional[float]], paper_delta: Dict[str, Optional[float]],
+              prediction_steps: int) -> List[List[str]]:
+  """Table 1's rows: PSNR t=1, Delta PSNR t=1 and t=P (ours, mean ± std) beside the paper's."""
+  ours = lambda key: [fmt(stats[c][key]) for c in columns]
+  paper = lambda values: [fmt_paper(values[c]) for c in columns]
+  return [["PSNR t=1 (ours)"] + ours("psnr_t@1"), ["PSNR (paper)"] + paper(paper_psnr),
+          ["Δ PSNR t=1 (ours)"] + ours("delta_psnr_t@1"),
+          [f"Δ PSNR t={prediction_steps} (ours)"] + ours("delta_psnr_t@P"),
+          ["Δ PSNR (paper)"] + paper(paper_delta)]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -65,13 +65,7 @@ def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   stats = {v: report_lib.aggregate(metrics[f"{v}_{n}a"], KEYS) for v in COLUMNS}
   titles = [settings.VARIANT_TITLES[v] for v in COLUMNS]
   p = metrics[f"flam_{n}a"][0]["prediction_steps"]
-  main_rows = [
-      ["PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["psnr_t@1"]) for v in COLUMNS],
-      ["PSNR (paper)"] + [report_lib.fmt_paper(PAPER_PSNR[v]) for v in COLUMNS],
-      ["Δ PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@1"]) for v in COLUMNS],
-      [f"Δ PSNR t={p} (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@P"]) for v in COLUMNS],
-      ["Δ PSNR (paper)"] + [report_lib.fmt_paper(PAPER_DELTA_PSNR[v]) for v in COLUMNS],
-  ]
+  main_rows = report_lib.psnr_rows(stats, COLUMNS, PAPER_PSNR, PAPER_DELTA_PSNR, p)
   extra_rows = [[label.replace("t=P", f"t={p}")]
                 + [report_lib.fmt(stats[v][key], 3) for v in COLUMNS]
                 for key, label in EXTRA_ROWS]

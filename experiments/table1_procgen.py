@@ -18,6 +18,7 @@ probe are skipped (the evaluator says which).
 """
 
 import dataclasses
+import functools
 import os
 import sys
 
@@ -70,8 +71,9 @@ ACTION_LEVELS = (2, 2, 2, 2)  # Table 4, Procgen: 16 codes per slot and per scen
 class ProcgenExperiment(runner.Experiment):
   """runner.Experiment on generated Procgen video instead of Multigrid."""
 
-  def __init__(self, game: str, procgen_setting: ProcgenSetting, *args, **kwargs):
-    super().__init__(*args, **kwargs)
+  def __init__(self, game: str, procgen_setting: ProcgenSetting, name, setting, root: str,
+               *args, **kwargs):
+    super().__init__(name, setting, os.path.join(root, game), *args, **kwargs)  # One folder a game.
     self.game, self.video = game, procgen_setting
     self.setting = dataclasses.replace(self.setting, common=dict(
         self.setting.common, **{"data.image_size": procgen_setting.image_size}))
@@ -112,13 +114,7 @@ def report(experiment: ProcgenExperiment, runs, metrics, seeds) -> str:
   stats = {v: report_lib.aggregate(metrics[f"{v}_1a"], KEYS) for v in COLUMNS}
   titles = [settings.VARIANT_TITLES[v] for v in COLUMNS]
   p = metrics["flam_1a"][0]["prediction_steps"]
-  main_rows = [
-      ["PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["psnr_t@1"]) for v in COLUMNS],
-      ["PSNR (paper)"] + [report_lib.fmt_paper(PAPER_PSNR[v]) for v in COLUMNS],
-      ["Δ PSNR t=1 (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@1"]) for v in COLUMNS],
-      [f"Δ PSNR t={p} (ours)"] + [report_lib.fmt(stats[v]["delta_psnr_t@P"]) for v in COLUMNS],
-      ["Δ PSNR (paper)"] + [report_lib.fmt_paper(PAPER_DELTA_PSNR[v]) for v in COLUMNS],
-  ]
+  main_rows = report_lib.psnr_rows(stats, COLUMNS, PAPER_PSNR, PAPER_DELTA_PSNR, p)
   extra_rows = [[label.replace("t=P", f"t={p}")] + [report_lib.fmt(stats[v][key], 3)
                                                     for v in COLUMNS]
                 for key, label in EXTRA_ROWS]
@@ -161,39 +157,18 @@ def report(experiment: ProcgenExperiment, runs, metrics, seeds) -> str:
       stats=stats, per_seed=metrics, claims=claims), runs, [("table1_procgen", plot)])
 
 
-def main(argv):
-  del argv
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  from flam_jax.errors import ConfigError, FlamError  # pylint: disable=g-import-not-at-top
+def make_experiment(name: str):
+  """The ProcgenExperiment of the flags' game and setting, and the seeds."""
+  from flam_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if not f["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    if f.steps_scale <= 0:
-      raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
-    setting = settings.get_setting(f.setting)
-    if setting.name not in PROCGEN_SETTINGS:
-      raise ConfigError(f"table1_procgen.py has no --setting={f.setting}; use one of "
-                        f"{', '.join(PROCGEN_SETTINGS)}")
-    experiment = ProcgenExperiment(f.game, PROCGEN_SETTINGS[setting.name], "table1_procgen",
-                                   setting, os.path.join(f.root, f.game), f.steps_scale,
-                                   f.runs_root, f.compilation_cache)
-    seeds = common.parse_seeds(f.seeds)
-    runs = make_runs(seeds)
-    if f.only:
-      unknown = sorted(set(f.only) - set(VARIANTS))
-      if unknown:
-        raise ConfigError(f"--only={','.join(f.only)}: {','.join(unknown)} is not a run of "
-                          f"table1_procgen; choose from {','.join(VARIANTS)}")
-      runs = [r for r in runs if r.label in f.only]
-    if f.train_only or f.only:
-      experiment.train_all(runs)
-      return
-    report(experiment, runs, experiment.run_all(runs), seeds)
-  except FlamError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
+  setting = settings.get_setting(f.setting)
+  if setting.name not in PROCGEN_SETTINGS:
+    raise ConfigError(f"table1_procgen.py has no --setting={f.setting}; use one of "
+                      f"{', '.join(PROCGEN_SETTINGS)}")
+  return common.experiment_from_flags(name, functools.partial(
+      ProcgenExperiment, f.game, PROCGEN_SETTINGS[setting.name]))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.script_main("table1_procgen", lambda experiment, seeds: make_runs(seeds),
+                             report, make_experiment))
