@@ -108,3 +108,18 @@ def test_bad_inputs_give_one_line_errors(tmp_path, lam_workdir):
     with pytest.raises(FlamError) as error:
       train.run(config, str(tmp_path / "w"))
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_shares_the_world_models_token_cache(tmp_path, lam_workdir):
+  """With lam.token_cache_dir at the world model's cache (same demonstrations, same
+  tokenizer) the policy stage reads those tokens instead of encoding the videos again."""
+  lam_dir, data_dir = lam_workdir
+  cache = os.path.join(lam_dir, "tokens")
+  before = os.path.getmtime(os.path.join(cache, "metadata.json"))
+  config = tiny_config("policy", data_dir, mode="labelled")
+  config.lam.tokenizer_checkpoint = os.path.join(lam_dir, "tokenizer")
+  config.lam.token_cache_dir = cache
+  workdir = str(tmp_path / "shared")
+  train.run(config, workdir)
+  assert os.path.getmtime(os.path.join(cache, "metadata.json")) == before
+  assert not os.path.exists(os.path.join(workdir, "tokens"))

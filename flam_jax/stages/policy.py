@@ -14,8 +14,10 @@
 
 Build (once; every product is cached in the workdir with a tag of what made it):
   demonstrations (config.data.dir, `flam_jax.data.goal_task`) --frozen tokenizer-->
-  <workdir>/tokens; [pseudo_labels: the world model's latent actions and slot keys of
-  every transition -> <workdir>/policy_latents.npz; f fitted on the labelled ones ->
+  <workdir>/tokens (or config.lam.token_cache_dir, shared with the world models trained on
+  the same demonstrations and tokenizer); [pseudo_labels: the world model's latent
+  actions and slot keys of every transition -> <workdir>/policy_latents.npz; f fitted on
+  the labelled ones ->
   pseudo-labels]; the training set of (tokens of frame t, label) pairs ->
   <workdir>/policy_data (ArrayRecord, one transition a record, read by the same grain
   pipeline). Demonstration transitions are those with `active` = 1 (before agent 0
@@ -152,7 +154,7 @@ class PolicyStage:
     encode = jax.jit(lambda prm, f: tokenizer.apply(
         {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     token_tag = dict(checkpoint=tok_dir, step=int(tok_step))
-    tokens_dir = os.path.join(workdir, "tokens")
+    tokens_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
     tokens_lib.cache_tokens(config.data.dir, tokens_dir, lambda f: encode(tok_params, f),
                             tag=token_tag)
 
