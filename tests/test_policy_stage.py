@@ -116,8 +116,7 @@ def test_shares_the_world_models_token_cache(tmp_path, lam_workdir):
   lam_dir, data_dir = lam_workdir
   cache = os.path.join(lam_dir, "tokens")
   before = os.path.getmtime(os.path.join(cache, "metadata.json"))
-  config = tiny_config("policy", data_dir, mode="labelled")
-  config.lam.tokenizer_checkpoint = os.path.join(lam_dir, "tokenizer")
+  config = tiny_config("policy", data_dir, lam_workdir=lam_dir)  # pseudo_labels
   config.lam.token_cache_dir = cache
   workdir = str(tmp_path / "shared")
   train.run(config, workdir)

@@ -230,6 +230,7 @@ class PolicyStage:
     if keys is not None:
       arrays["keys"] = keys
     tmp = path + ".tmp.npz"
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # Tokens may live outside the workdir.
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
     return actions, keys
