@@ -35,17 +35,22 @@ class LatentActionDecoder(nn.Module):
     """Returns (logits [B, U], slot weights [B, K'])."""
     chex.assert_rank(actions_bka, 3)
     b, k, _ = actions_bka.shape
-    values_bkh = nn.relu(nn.Dense(self.hidden, name="value")(actions_bka.astype(jnp.float32)))
+    inputs_bka = actions_bka.astype(jnp.float32)
     if keys_bkd is None:
       if k != 1:
         raise ValueError(f"{k} latent actions per transition need slot keys to choose from")
       weights_bk = jnp.ones((b, 1), jnp.float32)
     else:
       chex.assert_shape(keys_bkd, (b, k, None))
-      keys_bkh = nn.Dense(self.hidden, name="key")(nn.LayerNorm(name="key_norm")(
-          keys_bkd.astype(jnp.float32)))
+      slots_bkd = nn.LayerNorm(name="key_norm")(keys_bkd.astype(jnp.float32))
+      keys_bkh = nn.Dense(self.hidden, name="key")(slots_bkd)
+      # The value sees the slot too: a latent action says where the entity goes next, and
+      # the agent's action (turn / forward) follows from that only given its heading,
+      # which the slot holds (the probe in flam_jax/lib/probe.py measures the same).
+      inputs_bka = jnp.concatenate([inputs_bka, slots_bkd], axis=-1)
       query_h = self.param("query", nn.initializers.normal(1.0), (self.hidden,))
       weights_bk = jax.nn.softmax(keys_bkh @ query_h / jnp.sqrt(self.hidden), axis=-1)
+    values_bkh = nn.relu(nn.Dense(self.hidden, name="value")(inputs_bka))
     pooled_bh = jnp.einsum("bk,bkh->bh", weights_bk, values_bkh)
     hidden_bh = nn.relu(nn.Dense(self.hidden, name="hidden")(pooled_bh))
     return nn.Dense(self.num_actions, name="logits")(hidden_bh), weights_bk
