@@ -132,6 +132,22 @@ def test_probe_beats_majority_on_separable_data():
   assert "accuracy_given_heading" not in probe  # No headings in the data.
 
 
+def test_probe_takes_single_agent_actions_stored_per_step():
+  """Procgen and other one-agent imports store actions [T-1], so batches hold [B, T-1]."""
+  _, stage, _ = _stage_and_params("lam")
+  spec = dataclasses.replace(eval_step.EvalSpec.from_stage(stage), num_agents=1)
+  rng = np.random.default_rng(5)
+  b, t1 = 16, 3
+  gt_bt = rng.integers(0, 4, (b, t1))
+  codes = (gt_bt + 1) % 4
+  acts = dict(actions=jnp.zeros((b, t1, 1, 4)), indices=jnp.asarray(codes[..., None]))
+  pairs = jax.device_get(eval_step._probe_pairs(spec, acts, None, jnp.asarray(gt_bt)))  # pylint: disable=protected-access
+  assert pairs["probe_label"].shape == pairs["probe_valid"].shape == (b, t1, 1)
+  ex = dict(pairs, episode=np.repeat(np.arange(4), b // 4))
+  probe = probe_lib.probe_latent_actions(ex, spec, steps=100)
+  assert probe["accuracy"] == 1.0, probe
+
+
 def _heading_task(seed: int, m: int):
   """(flam eval spec, rng, actions and headings [m, 3 transitions, 2 agents]) for the probe."""
   rng = np.random.default_rng(seed)

@@ -169,6 +169,7 @@ def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta, heading
   """Per-agent (latent action, code, ground-truth action[, heading at t]) pairs for the probe."""
   actions_btka = acts["actions"]
   b, t1 = actions_btka.shape[:2]
+  gt_actions_bta = gt_actions_bta.reshape(b, t1, -1)  # Single-agent data may store [B, T-1].
   indices = acts["indices"]
   codes_btk = (jnp.full(actions_btka.shape[:3], -1, jnp.int32) if indices is None
                else indices.astype(jnp.int32))
