@@ -46,7 +46,8 @@ MODES = (  # (label, policy.mode, world model variant or None, title)
     ("flam", "pseudo_labels", "flam", "BC, FLAM pseudo-labels"),
 )
 LATENT_MODES = tuple(m[0] for m in MODES if m[2])
-KEYS = ("success_rate", "mean_return", "pseudo_label_accuracy")
+LABELLING_KEYS = ("pseudo_label_accuracy", "controlled_agent_bound_fraction")
+KEYS = ("success_rate", "mean_return") + LABELLING_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,7 @@ class PolicyExperiment(runner.Experiment):
 
 
 def _stat(evaluations, key):
-  values = [e["labelling"].get(key) if key == "pseudo_label_accuracy" else e["policy"][key]
+  values = [e["labelling"].get(key) if key in LABELLING_KEYS else e["policy"][key]
             for e in evaluations]
   mean, std, n = report_lib.mean_std(values)
   return dict(mean=mean, std=std, n=n, values=values)
@@ -190,6 +191,7 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels) -> str:
 
 
 def report(experiment, seeds, distractors, labels, results, references) -> str:
+  from flam_jax.lib import probe  # pylint: disable=g-import-not-at-top
   ps = experiment.task_setting
   lines = report_lib.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
                               experiment, seeds)
@@ -200,7 +202,9 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
       f"on {ps.policy.get('eval_episodes', 100)} seeded episodes", "",
       "Success rate of pi_u (mean ± std over seeds); the true-action upper bound uses every "
       "demonstration transition whatever the number of labels. 'pseudo-label acc.' is the "
-      "share of demonstration transitions whose pseudo-label f(a) equals the true action.", ""]
+      "share of demonstration transitions whose pseudo-label f(a) equals the true action; "
+      f"'agent 0 bound to a slot' the share of them in which one slot covers at least "
+      f"{probe.BOUND_SHARE:g} of agent 0's pixels (FLAM's f can only read what that slot holds).", ""]
   plots = []
   for d in distractors:
     ref = references[f"{d}d"]
@@ -214,6 +218,12 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
     for mode_label in LATENT_MODES:
       rows.append([f"pseudo-label acc., {settings.VARIANT_TITLES[mode_label]}"] + [report_lib.fmt(
           results[f"{d}d/{mode_label}/{num}"]["pseudo_label_accuracy"]) for num in labels] + [""])
+    for mode_label in LATENT_MODES:
+      bound = [results[f"{d}d/{mode_label}/{num}"]["controlled_agent_bound_fraction"]
+               for num in labels]
+      if any(stat["n"] for stat in bound):  # Slot models on data with entity masks.
+        rows.append([f"agent 0 bound to a slot, {settings.VARIANT_TITLES[mode_label]}"] + [
+            report_lib.fmt(stat) for stat in bound] + [""])
     rows.append(["expert (reference)", f"{ref['expert']['success_rate']:.2f}"] +
                 [""] * (len(labels) - 1) + [f"{ref['expert']['mean_return']:.2f}"])
     rows.append(["random (reference)", f"{ref['random']['success_rate']:.2f}"] +

@@ -29,12 +29,12 @@ def test_decoder_recovers_the_controlled_slots_action():
   decoder = LatentActionDecoder(num_actions=4, hidden=32)
   params, metrics = policy_lib.fit_decoder(decoder, actions[:1000], keys[:1000], labels[:1000],
                                            steps=400, learning_rate=1e-2, seed=0)
-  predicted = policy_lib.decode_labels(decoder, params, actions[1000:], keys[1000:],
-                                       rows_per_call=64)
+  predicted, chosen = policy_lib.decode_labels(decoder, params, actions[1000:], keys[1000:],
+                                               rows_per_call=64)
   assert np.mean(predicted == labels[1000:]) > 0.95, metrics
   # It does so by attending to the controlled agent's slot.
   _, weights = decoder.apply({"params": params}, actions[1000:], keys[1000:])
-  chosen = np.argmax(np.asarray(weights), axis=1)
+  np.testing.assert_array_equal(chosen, np.argmax(np.asarray(weights), axis=1))
   controlled = np.argmax(keys[1000:, :, 0], axis=1)
   assert np.mean(chosen == controlled) > 0.95
 
@@ -55,7 +55,7 @@ def test_decoder_reads_the_heading_from_the_controlled_slot():
   decoder = LatentActionDecoder(num_actions=4, hidden=32)
   params, metrics = policy_lib.fit_decoder(decoder, actions[:1000], keys[:1000], labels[:1000],
                                            steps=400, learning_rate=1e-2, seed=0)
-  predicted = policy_lib.decode_labels(decoder, params, actions[1000:], keys[1000:])
+  predicted, _ = policy_lib.decode_labels(decoder, params, actions[1000:], keys[1000:])
   assert np.mean(predicted == labels[1000:]) > 0.9, metrics  # Without the heading: <= ~0.5.
 
 
@@ -64,7 +64,8 @@ def test_decoder_maps_a_scene_action():
   decoder = LatentActionDecoder(num_actions=4, hidden=16)
   params, metrics = policy_lib.fit_decoder(decoder, actions[:500], None, labels[:500],
                                            steps=300, learning_rate=1e-2, seed=0)
-  predicted = policy_lib.decode_labels(decoder, params, actions[500:], None)
+  predicted, chosen = policy_lib.decode_labels(decoder, params, actions[500:], None)
+  assert not np.any(chosen)  # One scene action: the only "slot" is 0.
   assert np.mean(predicted == labels[500:]) == 1.0, metrics
   assert metrics["decoder_loss"] < metrics["decoder_initial_loss"] / 4
 

@@ -122,3 +122,51 @@ def test_shares_the_world_models_token_cache(tmp_path, lam_workdir):
   train.run(config, workdir)
   assert os.path.getmtime(os.path.join(cache, "metadata.json")) == before
   assert not os.path.exists(os.path.join(workdir, "tokens"))
+
+
+def test_binding_diagnostics_match_the_slot_masks(tmp_path, lam_workdir):
+  """infer_latent_actions says which slot holds agent 0 and how much of it: checked against
+  the world model's own slot masks by brute force over slot assignments, and reported by
+  the stage (a diagnostic: f never sees the masks)."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  from flam_jax.data import pipeline, records  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib import loading, rollout  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib import policy as policy_lib  # pylint: disable=g-import-not-at-top
+  lam_dir, data_dir = lam_workdir
+  loaded, params, _ = loading.load_trained(lam_dir)
+  length = TASK.max_steps + 1
+  tokens = np.stack([pipeline.WindowSource(os.path.join(lam_dir, "tokens"), "train",
+                                           window_length=length, fields=("tokens",)
+                                           ).read_episode(e)["tokens"] for e in range(3)])
+  ids = np.stack([pipeline.WindowSource(data_dir, "train", window_length=length,
+                                        fields=("masks",)).read_episode(e)["masks"]
+                  for e in range(3)])
+  inferred = policy_lib.infer_latent_actions(loaded, params, tokens, ids,
+                                             num_agents=TASK.num_agents, agent=0,
+                                             episodes_per_call=2)
+  assert inferred["actions"].shape[:3] == inferred["keys"].shape[:3] == (3, length - 1, 3)
+
+  e, l, h, w = tokens.shape
+  _, masks = rollout.entities(loaded.model, params, rollout.features(
+      loaded.codebook, jax.numpy.asarray(tokens.reshape(e, l, h * w))))
+  masks = np.asarray(masks)  # [E, L, K, N]
+  cell = ids.shape[-1] // w
+  agent_pixels = [ids == records.FIRST_AGENT_ID + a for a in range(TASK.num_agents)]
+  for ep in range(e):
+    for t in range(l - 1):
+      share = np.zeros((TASK.num_agents, masks.shape[2]))
+      for a, pixels in enumerate(agent_pixels):
+        for frame in (t, t + 1):
+          per_patch = pixels[ep, frame].reshape(h, cell, w, cell).sum(axis=(1, 3)).reshape(-1)
+          share[a] += masks[ep, frame] @ per_patch
+        share[a] /= max(pixels[ep, t].sum() + pixels[ep, t + 1].sum(), 1)
+      best = max(itertools.permutations(range(masks.shape[2]), TASK.num_agents),
+                 key=lambda slots: sum(share[a, s] for a, s in enumerate(slots)))
+      np.testing.assert_allclose(inferred["agent_share"][ep, t], share[0, best[0]], atol=1e-4)
+      assert np.isclose(share[0, inferred["agent_slot"][ep, t]], share[0, best[0]], atol=1e-4)
+
+  config = tiny_config("policy", data_dir, lam_workdir=lam_dir)
+  labelling = train.run(config, str(tmp_path / "policy"))["evaluation"]["labelling"]
+  for key in ("controlled_agent_share", "controlled_agent_bound_fraction",
+              "decoder_attends_controlled_slot"):
+    assert 0.0 <= labelling[key] <= 1.0, (key, labelling)

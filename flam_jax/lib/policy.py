@@ -1,8 +1,8 @@
 """Policy learning helpers (Sec 4.3): latent actions of demonstrations, fitting f, live evaluation.
 
-  infer_latent_actions: a trained world model's latent actions (and slot keys) for every
-    transition of whole token episodes, in one jit-compiled function over chunks of
-    episodes (padded, so it compiles once);
+  infer_latent_actions: a trained world model's latent actions (and slot keys, and how
+    well a slot holds the controlled agent) for every transition of whole token episodes,
+    in one jit-compiled function over chunks of episodes (padded, so it compiles once);
   fit_decoder: the latent action decoder f by full-batch AdamW on the labelled pairs,
     one jit-compiled `lax.scan` over the steps;
   decode_labels: f's pseudo-labels (argmax) for many transitions;
@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flam_jax.data import goal_task
-from flam_jax.lib import models, rollout
+from flam_jax.data import goal_task, records
+from flam_jax.lib import metrics, models, rollout
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
 
@@ -33,30 +33,49 @@ def _chunks(array: np.ndarray, size: int):
 
 
 def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elhw: np.ndarray,
-                         episodes_per_call: int = 16) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-  """Latent actions [E, L-1, K', A] and slot keys [E, L-1, K', D] (None for scene actions).
+                         entity_ids_elHW: Optional[np.ndarray] = None, *, num_agents: int = 0,
+                         agent: int = 0, episodes_per_call: int = 16) -> Dict[str, np.ndarray]:
+  """A world model's latent actions of whole token episodes, and where its slots put `agent`.
 
-  The world model sees whole episodes (deterministic bottleneck: FSQ codes or Gaussian
-  means); the key of a slot's action at transition t is the slot's entity vector at t.
+  Returns dict(actions [E, L-1, K', A], and for slot models keys [E, L-1, K', D] (the
+  slot's entity vector at t, what f attends over); with `entity_ids_elHW` (the data's
+  per-pixel entity ids, Multigrid's `masks`) also agent_slot [E, L-1] (the slot matched
+  to `agent` per transition, as the evaluation's disentanglement matches them) and
+  agent_share [E, L-1] (the share of the agent's pixels that slot covers): a diagnostic
+  of binding, never an input of f. The bottleneck is deterministic (FSQ codes or Gaussian
+  means).
   """
   model = loaded.model
   slotted = model.variant == "flam"
+  with_binding = slotted and entity_ids_elHW is not None
 
   @jax.jit
-  def infer(params, tokens_elhw):
+  def infer(params, tokens_elhw, entity_ids_elHW):
     e, l = tokens_elhw.shape[:2]
     features_elnd = rollout.features(loaded.codebook, tokens_elhw.reshape(e, l, -1))
-    entities_elkd, _ = rollout.entities(model, params, features_elnd)
-    acts = rollout.infer_actions(model, params, entities_elkd, deterministic=True)
-    return acts["actions"], (entities_elkd[:, :-1] if slotted else None)
-
-  actions, keys = [], []
-  for chunk, n in _chunks(tokens_elhw, episodes_per_call):
-    a, k = jax.device_get(infer(lam_params, jnp.asarray(chunk, jnp.int32)))
-    actions.append(np.asarray(a[:n], np.float32))
+    entities_elkd, masks_elkn = rollout.entities(model, params, features_elnd)
+    out = dict(actions=rollout.infer_actions(model, params, entities_elkd,
+                                             deterministic=True)["actions"])
     if slotted:
-      keys.append(np.asarray(k[:n], np.float32))
-  return np.concatenate(actions), (np.concatenate(keys) if slotted else None)
+      out["keys"] = entities_elkd[:, :-1]
+    if with_binding:
+      binding = metrics.slot_agent_disentanglement(
+          masks_elkn, entity_ids_elHW, grid=tokens_elhw.shape[2:], num_agents=num_agents,
+          first_agent_id=records.FIRST_AGENT_ID)
+      slot_el = binding["matched_slot"][..., agent]
+      out["agent_slot"] = slot_el
+      out["agent_share"] = jnp.take_along_axis(
+          binding["share"][..., agent, :], jnp.maximum(slot_el, 0)[..., None], axis=-1)[..., 0]
+    return out
+
+  parts = []
+  ids_chunks = _chunks(entity_ids_elHW, episodes_per_call) if with_binding else None
+  for chunk, n in _chunks(tokens_elhw, episodes_per_call):
+    ids = jnp.asarray(next(ids_chunks)[0]) if ids_chunks is not None else None
+    out = jax.device_get(infer(lam_params, jnp.asarray(chunk, jnp.int32), ids))
+    parts.append({name: np.asarray(value[:n]) for name, value in out.items()})
+  return {name: np.concatenate([part[name] for part in parts]).astype(
+      np.int32 if name == "agent_slot" else np.float32) for name in parts[0]}
 
 
 def fit_decoder(decoder: LatentActionDecoder, actions_mka: np.ndarray,
@@ -92,19 +111,24 @@ def fit_decoder(decoder: LatentActionDecoder, actions_mka: np.ndarray,
 
 
 def decode_labels(decoder: LatentActionDecoder, params, actions_mka: np.ndarray,
-                  keys_mkd: Optional[np.ndarray], rows_per_call: int = 4096) -> np.ndarray:
-  """f's pseudo-labels argmax f(a) for every row: int32 [M]."""
+                  keys_mkd: Optional[np.ndarray], rows_per_call: int = 4096
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """f's pseudo-labels argmax f(a) int32 [M], and the slot f weights most int32 [M]."""
 
   @jax.jit
   def predict(p, a, k):
-    return jnp.argmax(decoder.apply({"params": p}, a, k)[0], axis=-1).astype(jnp.int32)
+    logits, weights = decoder.apply({"params": p}, a, k)
+    return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+            jnp.argmax(weights, axis=-1).astype(jnp.int32))
 
-  out = []
+  labels, slots = [np.zeros((0,), np.int32)], [np.zeros((0,), np.int32)]
   key_chunks = _chunks(keys_mkd, rows_per_call) if keys_mkd is not None else None
   for a, n in _chunks(actions_mka, rows_per_call):
     k = next(key_chunks)[0] if key_chunks is not None else None
-    out.append(np.asarray(predict(params, a, k))[:n])
-  return np.concatenate(out) if out else np.zeros((0,), np.int32)
+    label, slot = jax.device_get(predict(params, a, k))
+    labels.append(np.asarray(label)[:n])
+    slots.append(np.asarray(slot)[:n])
+  return np.concatenate(labels), np.concatenate(slots)
 
 
 def make_act_fn(tokenizer: Tokenizer, tokenizer_params, policy: TokenPolicy, policy_params,

@@ -23,7 +23,10 @@ Build (once; every product is cached in the workdir with a tag of what made it):
   pipeline). Demonstration transitions are those with `active` = 1 (before agent 0
   reaches the goal) in the train split; the labelled subset is a random draw of them
   (config.seed). The true actions are read only for the labelled subset, the
-  `true_actions` mode, and the reported pseudo-label accuracy (a diagnostic).
+  `true_actions` mode, and the reported diagnostics: the pseudo-label accuracy and, for
+  FLAM on data with entity masks, how well a slot holds agent 0
+  (`controlled_agent_share`, `controlled_agent_bound_fraction`) and how often f attends
+  most to that slot (`decoder_attends_controlled_slot`).
 
 Training: cross-entropy of pi_u(frozen tokenizer features of frame t) against the
 labels, by the shared trainer (sharding, orbax checkpoints, exact resume,
@@ -43,7 +46,7 @@ from ml_collections import ConfigDict
 from flam_jax.data import goal_task, multigrid, pipeline, records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError, DataError
-from flam_jax.lib import checkpointing, loading, models
+from flam_jax.lib import checkpointing, loading, models, probe
 from flam_jax.lib import policy as policy_lib
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
@@ -189,25 +192,44 @@ class PolicyStage:
     elif p.mode == "labelled":
       rows, labels = labelled_m, true_actions(labelled_m)
     else:
-      latent_tag = dict(lam=lam_workdir, step=int(lam_step), tokens=token_tag)
-      actions_elka, keys_elkd = cls._latent_actions(
-          os.path.join(workdir, "policy_latents.npz"), latent_tag, lam, lam_params, tokens_elhw)
-      actions_mka = actions_elka[episode_m, time_m]
-      keys_mkd = None if keys_elkd is None else keys_elkd[episode_m, time_m]
+      with_masks = any(field["name"] == "masks" for field in meta["fields"])
+      entity_ids_elHW = None
+      if with_masks and lam.model.variant == "flam":
+        masks_source = pipeline.WindowSource(config.data.dir, "train", window_length=length,
+                                             fields=("masks",))
+        entity_ids_elHW = np.stack([masks_source.read_episode(e)["masks"]
+                                    for e in range(masks_source.num_episodes)])
+      latent_tag = dict(lam=lam_workdir, step=int(lam_step), tokens=token_tag,
+                        binding=entity_ids_elHW is not None)
+      inferred = cls._latent_actions(
+          os.path.join(workdir, "policy_latents.npz"), latent_tag, lam, lam_params, tokens_elhw,
+          entity_ids_elHW, task.num_agents)
+      actions_mka = inferred["actions"][episode_m, time_m]
+      keys_mkd = inferred["keys"][episode_m, time_m] if "keys" in inferred else None
       decoder = LatentActionDecoder(num_actions=multigrid.NUM_ACTIONS, hidden=p.decoder_hidden)
       decoder_params, fit_metrics = policy_lib.fit_decoder(
           decoder, actions_mka[labelled_m], None if keys_mkd is None else keys_mkd[labelled_m],
           true_actions(labelled_m), steps=p.decoder_steps,
           learning_rate=p.decoder_learning_rate, seed=config.seed)
       rows = np.arange(num_transitions)
-      labels = policy_lib.decode_labels(decoder, decoder_params, actions_mka, keys_mkd)
+      labels, chosen_slot_m = policy_lib.decode_labels(decoder, decoder_params, actions_mka,
+                                                       keys_mkd)
       unlabelled = np.setdiff1d(rows, labelled_m)
-      # Diagnostic only: how often f's pseudo-labels match the true actions.
+      # Diagnostics only: how often f's pseudo-labels match the true actions, and (slot
+      # models on data with entity masks) how well one slot holds the controlled agent and
+      # how often f attends most to that slot: f can only read what the binding put there.
       labelling.update(fit_metrics, lam_variant=lam.config.lam.variant, lam_step=int(lam_step),
                        pseudo_label_accuracy=float(np.mean(labels == true_actions(rows))),
                        unlabelled_pseudo_label_accuracy=float(
                            np.mean(labels[unlabelled] == true_actions(unlabelled)))
                        if len(unlabelled) else None)
+      if "agent_share" in inferred:
+        share_m = inferred["agent_share"][episode_m, time_m]
+        labelling.update(
+            controlled_agent_share=float(np.mean(share_m)),
+            controlled_agent_bound_fraction=float(np.mean(share_m >= probe.BOUND_SHARE)),
+            decoder_attends_controlled_slot=float(np.mean(
+                chosen_slot_m == inferred["agent_slot"][episode_m, time_m])))
     labelling["label_counts"] = np.bincount(labels, minlength=multigrid.NUM_ACTIONS).tolist()
     data_dir = os.path.join(workdir, "policy_data")
     data_tag = dict(labelling, tokens=token_tag, seed=int(config.seed), num_labels=int(p.num_labels),
@@ -217,23 +239,22 @@ class PolicyStage:
     return cls(config, tokenizer, tok_params, task=task, data_dir=data_dir, labelling=labelling)
 
   @staticmethod
-  def _latent_actions(path: str, tag: Dict[str, Any], lam, lam_params, tokens_elhw):
-    """The world model's latent actions and slot keys of every transition, cached in `path`."""
+  def _latent_actions(path: str, tag: Dict[str, Any], lam, lam_params, tokens_elhw,
+                      entity_ids_elHW, num_agents: int) -> Dict[str, np.ndarray]:
+    """`policy_lib.infer_latent_actions` of every transition, cached in `path`."""
     try:
       with np.load(path) as cached:
         if json.loads(str(cached["tag"])) == tag:
-          return cached["actions"], (cached["keys"] if "keys" in cached else None)
+          return {name: cached[name] for name in cached.files if name != "tag"}
     except (OSError, ValueError, KeyError):
       pass
-    actions, keys = policy_lib.infer_latent_actions(lam, lam_params, tokens_elhw)
-    arrays = dict(tag=json.dumps(tag), actions=actions)
-    if keys is not None:
-      arrays["keys"] = keys
+    inferred = policy_lib.infer_latent_actions(lam, lam_params, tokens_elhw, entity_ids_elHW,
+                                               num_agents=num_agents, agent=CONTROLLED_AGENT)
     tmp = path + ".tmp.npz"
     os.makedirs(os.path.dirname(path), exist_ok=True)  # Tokens may live outside the workdir.
-    np.savez(tmp, **arrays)
+    np.savez(tmp, tag=json.dumps(tag), **inferred)
     os.replace(tmp, path)
-    return actions, keys
+    return inferred
 
   @staticmethod
   def _write_training_set(out_dir: str, tag: Dict[str, Any], source_meta: Dict[str, Any],
