@@ -94,7 +94,7 @@ class Experiment:
     self.ensure_data(num_agents)
     config = tokenizer_config(self.setting, num_agents, self.data_dir(num_agents),
                               self.steps_scale)
-    self._train(config, workdir, "tokenizer", f"tokenizer ({num_agents} agents)",
+    self._train(config, workdir, "tokenizer", f"tokenizer ({num_agents} agent{'s' * (num_agents != 1)})",
                 f"tokenizer_{num_agents}a")
     self._tokenizers_ready.add(num_agents)
     return workdir
