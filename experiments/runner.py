@@ -94,8 +94,8 @@ class Experiment:
     self.ensure_data(num_agents)
     config = tokenizer_config(self.setting, num_agents, self.data_dir(num_agents),
                               self.steps_scale)
-    self._train(config, workdir, "tokenizer", f"tokenizer ({num_agents} agent{'s' * (num_agents != 1)})",
-                f"tokenizer_{num_agents}a")
+    agents = f"{num_agents} agent{'s' * (num_agents != 1)}"
+    self._train(config, workdir, "tokenizer", f"tokenizer ({agents})", f"tokenizer_{num_agents}a")
     self._tokenizers_ready.add(num_agents)
     return workdir
 
