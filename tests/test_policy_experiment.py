@@ -24,7 +24,9 @@ def test_every_setting_builds_its_task_and_policy_configs(tmp_path):
       task = experiment.task(d + 1)  # Validates grid, resolution and free cells.
       config = experiment.config(runner.Run("flam", "flam", d + 1, 0))
       assert config.data.image_size == task.resolution == ps.image_size
-      assert config.lam.num_slots == d + 2  # Agent 0, d distractors, the background.
+      assert config.lam.num_slots == d + 3  # Agent 0, d distractors, the floor, the goal cell.
+      lam = experiment.config(runner.Run("lam", "lam", d + 1, 0))
+      assert lam.lam.num_slots == config.lam.num_slots - 1  # Unused by LAM; left as in Table 1.
       assert config.data.window_length <= task.episode_length
     assert max(ps.labels) < 0.8 * ps.episodes * 4  # Fewer labels than (~4+) train transitions.
 
