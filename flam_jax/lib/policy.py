@@ -37,8 +37,12 @@ def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elh
                          agent: int = 0, episodes_per_call: int = 16) -> Dict[str, np.ndarray]:
   """A world model's latent actions of whole token episodes, and where its slots put `agent`.
 
-  Returns dict(actions [E, L-1, K', A], and for slot models keys [E, L-1, K', D] (the
-  slot's entity vector at t, what f attends over); with `entity_ids_elHW` (the data's
+  Returns dict(actions [E, L-1, K', A], and for slot models keys [E, L-1, K', U]: each
+  slot's appearance at t, the share of each token code under its attention mask over the
+  U codes that occur in `tokens_elhw` (what f attends over: which agent a slot holds, and
+  its heading, are in which codes it covers; on the goal task a linear selector picked
+  agent 0's slot from these in 91% of the bound transitions against 71% from the slots'
+  entity vectors, experiments/README.md); with `entity_ids_elHW` (the data's
   per-pixel entity ids, Multigrid's `masks`) also agent_slot [E, L-1] (the slot matched
   to `agent` per transition, as the evaluation's disentanglement matches them) and
   agent_share [E, L-1] (the share of the agent's pixels that slot covers): a diagnostic
@@ -49,15 +53,23 @@ def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elh
   slotted = model.variant == "flam"
   with_binding = slotted and entity_ids_elHW is not None
 
+  codes_u = np.unique(tokens_elhw)  # The codes in use, so keys stay small for big codebooks.
+  code_position_c = np.zeros(int(codes_u[-1]) + 1, np.int32)
+  code_position_c[codes_u] = np.arange(len(codes_u))
+
   @jax.jit
   def infer(params, tokens_elhw, entity_ids_elHW):
     e, l = tokens_elhw.shape[:2]
-    features_elnd = rollout.features(loaded.codebook, tokens_elhw.reshape(e, l, -1))
+    tokens_eln = tokens_elhw.reshape(e, l, -1)
+    features_elnd = rollout.features(loaded.codebook, tokens_eln)
     entities_elkd, masks_elkn = rollout.entities(model, params, features_elnd)
     out = dict(actions=rollout.infer_actions(model, params, entities_elkd,
                                              deterministic=True)["actions"])
     if slotted:
-      out["keys"] = entities_elkd[:, :-1]
+      codes_elnu = jax.nn.one_hot(jnp.asarray(code_position_c)[tokens_eln], len(codes_u))
+      covered_elku = jnp.einsum("elkn,elnu->elku", masks_elkn[:, :-1], codes_elnu[:, :-1])
+      out["keys"] = covered_elku / jnp.maximum(
+          jnp.sum(masks_elkn[:, :-1], axis=-1, keepdims=True), 1e-6)
     if with_binding:
       binding = metrics.slot_agent_disentanglement(
           masks_elkn, entity_ids_elHW, grid=tokens_elhw.shape[2:], num_agents=num_agents,

@@ -4,12 +4,16 @@
   pi_u: frozen tokenizer features of the current frame -> logits over the true actions
 
 FLAM infers one latent action per slot, and only one slot holds the controlled agent.
-f picks it by attention with a learned query: the keys are the slots' entity vectors
-at frame t (which carry what the slot looks like, e.g. agent 0's colour), the values
-are the slots' latent actions only. So the choice of slot is learned from the labelled
-pairs without any privileged input (no masks or positions of the agent), and f cannot
-predict the action from the state itself: what it decodes comes from the latent
-actions. LAM and OC+LAM give one scene action (K' = 1); the attention over one item is
+f picks it by attention with a learned query over keys that say what each slot looks
+like at frame t (`flam_jax.lib.policy.infer_latent_actions`: the share of each token code
+under the slot's own attention mask, so agent 0's colour and heading); the values read
+each slot's latent action together with its key, since a latent action says where the
+entity goes and the egocentric action (turn / forward) follows from that only given the
+heading. The choice of slot is learned from the labelled pairs without privileged input
+(the masks are the world model's, not the data's; no positions of the agent). The keys
+describe the current frame, so part of what f predicts can come from the state alone
+(experiments/README.md measures how much). LAM and OC+LAM give one scene action (K' = 1);
+the attention over one item is
 the identity, so the same module serves them (keys are then omitted).
 
 Both output logits for a cross-entropy loss: the true actions are categorical, so the
