@@ -150,6 +150,11 @@ def test_binding_diagnostics_match_the_slot_masks(tmp_path, lam_workdir):
   _, masks = rollout.entities(loaded.model, params, rollout.features(
       loaded.codebook, jax.numpy.asarray(tokens.reshape(e, l, h * w))))
   masks = np.asarray(masks)  # [E, L, K, N]
+  # f's keys: each slot's share of each token code in use under its mask, at frame t.
+  codes = np.unique(tokens)
+  covered = np.einsum("elkn,elnu->elku", masks[:, :-1], (tokens.reshape(e, l, -1, 1) == codes)[:, :-1])
+  np.testing.assert_allclose(inferred["keys"], covered / masks[:, :-1].sum(-1, keepdims=True),
+                             atol=1e-5)
   cell = ids.shape[-1] // w
   agent_pixels = [ids == records.FIRST_AGENT_ID + a for a in range(TASK.num_agents)]
   for ep in range(e):
