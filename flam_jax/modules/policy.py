@@ -12,9 +12,9 @@ entity goes and the egocentric action (turn / forward) follows from that only gi
 heading. The choice of slot is learned from the labelled pairs without privileged input
 (the masks are the world model's, not the data's; no positions of the agent). The keys
 describe the current frame, so part of what f predicts can come from the state alone
-(experiments/README.md measures how much). LAM and OC+LAM give one scene action (K' = 1);
-the attention over one item is
-the identity, so the same module serves them (keys are then omitted).
+(experiments/README.md measures how much). LAM and OC+LAM give one scene action
+(K' = 1); the attention over one item is the identity, so the same module serves them
+(keys are then omitted).
 
 Both output logits for a cross-entropy loss: the true actions are categorical, so the
 squared error of Eq. 6 becomes behaviour cloning with cross-entropy on f's labels.

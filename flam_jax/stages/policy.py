@@ -200,7 +200,7 @@ class PolicyStage:
         entity_ids_elHW = np.stack([masks_source.read_episode(e)["masks"]
                                     for e in range(masks_source.num_episodes)])
       latent_tag = dict(lam=lam_workdir, step=int(lam_step), tokens=token_tag,
-                        binding=entity_ids_elHW is not None)
+                        binding=entity_ids_elHW is not None, keys="token_shares")
       inferred = cls._latent_actions(
           os.path.join(workdir, "policy_latents.npz"), latent_tag, lam, lam_params, tokens_elhw,
           entity_ids_elHW, task.num_agents)
