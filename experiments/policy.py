@@ -204,7 +204,8 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
   from flam_jax.lib import probe  # pylint: disable=g-import-not-at-top
   ps = experiment.task_setting
   lines = report_lib.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
-                              experiment, seeds)
+                                 experiment, seeds,
+                                 slots="number of agents + 2 (the floor and the goal cell)")
   lines += [
       f"- goal task: {ps.grid_size}x{ps.grid_size} cells at {ps.image_size} px, step limit "
       f"{ps.max_steps}, {ps.episodes} expert demonstrations (80% train); policies: "

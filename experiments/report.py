@@ -77,8 +77,9 @@ def config_table(stats: Dict[str, Dict[str, Any]], titles: Dict[str, str],
   return markdown_table(["config"] + [name for _, name in columns], rows)
 
 
-def header_lines(title: str, experiment: Experiment, seeds: Sequence[int]) -> List[str]:
-  """The preamble of results.md: what, where, how many seeds, the setting."""
+def header_lines(title: str, experiment: Experiment, seeds: Sequence[int],
+                 slots: str = "number of agents + 1") -> List[str]:
+  """The preamble of results.md: what, where, how many seeds, the setting (`slots`: FLAM's K)."""
   s = settings_summary(experiment.setting, experiment.steps_scale)
   return [
       f"# {title}", "",
@@ -92,7 +93,7 @@ def header_lines(title: str, experiment: Experiment, seeds: Sequence[int]) -> Li
       f"{s['tokenizer_steps']} steps (batch {s['tokenizer_batch']}), one per dataset",
       f"- world models: d_model {s['d_model']}, {s['blocks']} block(s), "
       f"{s['window_length']}-frame windows, {s['prediction_steps']} prediction steps, "
-      f"{s['lam_steps']} steps (batch {s['lam_batch']}); FLAM: K = number of agents + 1, "
+      f"{s['lam_steps']} steps (batch {s['lam_batch']}); FLAM: K = {slots}, "
       f"action FSQ levels {s['action_levels']}",
       f"- runs: {experiment.runs_dir}",
       f"- wall time of this invocation: {experiment.timings.get('total', 0.0):.0f} s "

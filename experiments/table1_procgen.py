@@ -129,7 +129,8 @@ def report(experiment: ProcgenExperiment, runs, metrics, seeds) -> str:
                          lam["psnr_t@1"]),
   ]
   v = experiment.video
-  lines = report_lib.header_lines(f"Table 1: Procgen ({experiment.game})", experiment, seeds)
+  lines = report_lib.header_lines(f"Table 1: Procgen ({experiment.game})", experiment, seeds,
+                                 slots=str(v.num_slots))
   lines += [
       f"- video: {experiment.game}, {v.episodes} episodes of up to {v.max_frames} frames at "
       f"{v.image_size} px (random sticky policy, backgrounds off; split 80/10/10 by "
