@@ -110,7 +110,13 @@ def test_disentanglement_perfect_permuted_mixed_and_static():
   assert float(perfect["num_moving"][0]) == 4.0
   np.testing.assert_array_equal(perfect["matched_slot"][0], [[2, 1], [2, 1]])
   np.testing.assert_allclose(perfect["share"].sum(-1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(perfect["matched_share"][0], 1.0, atol=1e-6)
   mixed = fn(_masks_from(owner, 3, mix=0.5)[None], ids)  # Half of each agent on slot 0.
+  np.testing.assert_allclose(mixed["matched_share"][0], 0.5, atol=1e-6)
+  # More agents than slots: the agent left without a slot has slot -1 and share 0.
+  one_slot = fn(np.ones((1, 3, 1, 16), np.float32), ids)
+  np.testing.assert_array_equal(np.sort(one_slot["matched_slot"][0], axis=-1), [[-1, 0]] * 2)
+  np.testing.assert_allclose(np.sort(one_slot["matched_share"][0], axis=-1), [[0, 1]] * 2)
   assert float(mixed["score_sum"][0] / mixed["num_moving"][0]) == pytest.approx(0.5)
   uniform = fn(np.full((1, 3, 3, 16), 1 / 3, np.float32), ids)
   assert float(uniform["score_sum"][0] / uniform["num_moving"][0]) == pytest.approx(1 / 3)

@@ -158,11 +158,9 @@ def _slot_metrics(spec: EvalSpec, masks_btkn, entity_ids_btHW) -> Dict[str, jax.
   dis = metrics.slot_agent_disentanglement(masks_btkn, entity_ids_btHW, grid=spec.grid,
                                            num_agents=spec.num_agents,
                                            first_agent_id=records.FIRST_AGENT_ID)
-  matched_share = jnp.take_along_axis(  # [B, T-1, agents]: each agent's share in its slot.
-      dis["share"], jnp.maximum(dis["matched_slot"], 0)[..., None], axis=-1)[..., 0]
   return dict(ari_fg=jnp.mean(ari.reshape(b, t), axis=1), disentangle_sum=dis["score_sum"],
               disentangle_count=dis["num_moving"], matched_slot=dis["matched_slot"],
-              matched_share=jnp.where(dis["matched_slot"] >= 0, matched_share, 0.0))
+              matched_share=dis["matched_share"])
 
 
 def _probe_pairs(spec: EvalSpec, acts, matched_slot_bta, gt_actions_bta, headings_bta=None):

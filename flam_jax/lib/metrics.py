@@ -181,6 +181,7 @@ def slot_agent_disentanglement(slot_masks_btkn, entity_ids_btHW, *, grid: Tuple[
       num_moving [B]: number of (t, k) with a moving agent,
       matched_slot [B, T-1, Kagents] int32: the slot matched to each agent (-1
         if there are fewer slots than agents and it got none),
+      matched_share [B, T-1, Kagents]: share[k, matched slot of k] (0 where unmatched),
       share [B, T-1, Kagents, K]).
     The disentanglement score of a dataset is sum(score_sum) / sum(num_moving):
     1.0 when every moving agent is covered entirely by its own slot, 1/K for
@@ -211,4 +212,5 @@ def slot_agent_disentanglement(slot_masks_btkn, entity_ids_btHW, *, grid: Tuple[
   matched = matched.reshape(b, t - 1, num_agents)
   moved_f = moved.astype(jnp.float32)
   return dict(score_sum=jnp.sum(matched * moved_f, axis=(1, 2)),
-              num_moving=jnp.sum(moved_f, axis=(1, 2)), matched_slot=slot, share=share)
+              num_moving=jnp.sum(moved_f, axis=(1, 2)), matched_slot=slot,
+              matched_share=matched, share=share)

@@ -74,10 +74,8 @@ def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elh
       binding = metrics.slot_agent_disentanglement(
           masks_elkn, entity_ids_elHW, grid=tokens_elhw.shape[2:], num_agents=num_agents,
           first_agent_id=records.FIRST_AGENT_ID)
-      slot_el = binding["matched_slot"][..., agent]
-      out["agent_slot"] = slot_el
-      out["agent_share"] = jnp.take_along_axis(
-          binding["share"][..., agent, :], jnp.maximum(slot_el, 0)[..., None], axis=-1)[..., 0]
+      out["agent_slot"] = binding["matched_slot"][..., agent]
+      out["agent_share"] = binding["matched_share"][..., agent]
     return out
 
   parts = []
