@@ -31,6 +31,8 @@ PAPER_DELTA_PSNR = dict(wm=None, lam=7.84, oc_lam=0.11, flam=11.24, lam_joint=No
 EXTRA_ROWS = (
     ("psnr_t@P", "PSNR t=P"), ("psnr_mean", "PSNR mean over t"), ("ssim_t@1", "SSIM t=1"),
     ("token_accuracy_t@1", "token accuracy t=1"), ("tokenizer_psnr", "tokenizer PSNR (ceiling)"),
+    ("action_perplexity", "latent action perplexity (codes in use)"),
+    ("action_perplexity_per_slot", "latent action perplexity per slot"),
     ("ari_fg", "ARI-FG (slots vs agents)"), ("disentanglement", "slot-agent disentanglement"),
     ("probe_accuracy", "latent action probe accuracy"), ("probe_majority", "probe majority baseline"),
     ("probe_accuracy_given_heading", "probe accuracy given the agent's heading"),

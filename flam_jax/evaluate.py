@@ -83,7 +83,10 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
       rows.append((f"{label} t={t + 1}",
                    [fmt(r[key][t] if r[key] is not None else None) for r in results]))
   for key, label in [("psnr_mean", "PSNR mean over t"), ("delta_psnr_mean", "Delta PSNR mean"),
-                     ("tokenizer_psnr", "tokenizer PSNR (ceiling)"), ("ari_fg", "ARI-FG"),
+                     ("tokenizer_psnr", "tokenizer PSNR (ceiling)"),
+                     ("action_perplexity", "latent action perplexity (codes in use)"),
+                     ("action_perplexity_per_slot", "latent action perplexity per slot"),
+                     ("ari_fg", "ARI-FG"),
                      ("disentanglement", "slot-agent disentanglement"),
                      ("probe_accuracy", "probe accuracy"), ("probe_majority", "probe majority"),
                      ("bound_fraction", "agents bound to their slot"),

@@ -108,6 +108,12 @@ def test_summarize_ignores_padding():
   assert out["num_windows"] == 2 and out["tokenizer_psnr"] == 15.0
   assert out["psnr_t"] == [2.0, 3.0] and out["token_accuracy_t"] is None
   assert out["ari_fg"] is None and out["probe_accuracy"] is None
+  assert out["action_perplexity"] is None  # No codes given (Gaussian actions, WM).
+  # Two slots, each always its own code: 2 codes in use overall, 1 per slot.
+  per_example["action_code_counts"] = np.array([[[3, 0, 0, 0], [0, 3, 0, 0]]] * 3)
+  out = evaluator.summarize(per_example, spec)
+  assert out["action_perplexity"] == pytest.approx(2.0)
+  assert out["action_perplexity_per_slot"] == pytest.approx(1.0)
 
 
 def test_probe_beats_majority_on_separable_data():
@@ -207,6 +213,9 @@ def test_eval_step_end_to_end(variant, batches):
   assert all(-1.0 <= s <= 1.0 for s in out["ssim_t"])
   assert np.isfinite(out["tokenizer_psnr"])
   assert 0.0 <= out["probe_accuracy"] <= 1.0 and 0.0 <= out["probe_majority"] <= 1.0
+  codes = np.prod(stage.model.action_bottleneck_levels)
+  assert 1.0 - 1e-6 <= out["action_perplexity_per_slot"] <= out["action_perplexity"] + 1e-6
+  assert out["action_perplexity"] <= codes + 1e-6
   if variant == "flam":
     assert -1.0 <= out["ari_fg"] <= 1.0
     assert 1.0 / config.lam.num_slots - 1e-6 <= out["disentanglement"] <= 1.0

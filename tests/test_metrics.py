@@ -125,6 +125,19 @@ def test_disentanglement_perfect_permuted_mixed_and_static():
   assert float(fn(_masks_from(owner, 3)[None], static)["num_moving"][0]) == 2.0
 
 
+def test_action_usage_counts_codes_overall_and_per_slot():
+  uniform = metrics.action_usage(jnp.arange(8).reshape(8, 1) % 4, 4)
+  assert float(uniform["action_perplexity"]) == pytest.approx(4.0, rel=1e-5)
+  one_code = metrics.action_usage(jnp.zeros((5, 3), jnp.int32), 4)
+  assert float(one_code["action_perplexity"]) == pytest.approx(1.0, rel=1e-5)
+  # Slot k always uses code k: every code in use overall, one per slot.
+  split = metrics.action_usage(jnp.tile(jnp.arange(4), (6, 1)), 4)
+  assert float(split["action_perplexity"]) == pytest.approx(4.0, rel=1e-5)
+  assert float(split["action_perplexity_per_slot"]) == pytest.approx(1.0, rel=1e-5)
+  np.testing.assert_allclose(metrics.perplexity(np.array([[1, 1, 0], [0, 0, 0]])), [2.0, 1.0],
+                             rtol=1e-5)
+
+
 def test_upsample_masks_nearest():
   masks = jnp.arange(4).reshape(1, 4)
   np.testing.assert_array_equal(metrics.upsample_masks(masks, (2, 2), (4, 4))[0],

@@ -36,6 +36,7 @@ import numpy as np
 from flam_jax.data import records
 from flam_jax.errors import ConfigError, DataError
 from flam_jax.lib import metrics, rollout, variants
+from flam_jax.modules import fsq
 from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices
 
@@ -255,6 +256,9 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
   out = {k: jnp.mean(v, axis=1) for k, v in per_start.items()}  # [B, S, P] -> [B, P].
   out["tokenizer_psnr"] = jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1)
   out["valid"], out["episode"], out["index"] = batch["valid"], batch["episode"], batch["index"]
+  if acts["indices"] is not None:  # FSQ codes: how many are in use (evaluator.summarize).
+    out["action_code_counts"] = jnp.sum(jax.nn.one_hot(  # [B, K', C] over the T-1 transitions.
+        acts["indices"], fsq.codebook_size(model.action_bottleneck_levels)), axis=1)
 
   matched_slot = None
   if spec.variant_spec.slot_entities and "ari_fg" not in skipped:

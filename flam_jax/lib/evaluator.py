@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 
 from flam_jax.data import pipeline, records
 from flam_jax.errors import ConfigError, DataError
-from flam_jax.lib import eval_step, models, probe, sharding
+from flam_jax.lib import eval_step, metrics, models, probe, sharding
 
 # Defaults of the optional `config.eval` section (configs need not declare it).
 EVAL_DEFAULTS = dict(
@@ -67,6 +67,8 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
   over its frames). disentanglement = sum of matched shares / number of
   (transition, moving agent) pairs. bound_fraction = the fraction of (transition, agent)
   pairs whose matched slot covers at least `probe.BOUND_SHARE` of the agent's pixels.
+  action_perplexity (overall and the mean per slot, `metrics.action_usage`) of the FSQ
+  latent action codes the IDM infers on the split's transitions.
   Keys that do not apply to the variant, or whose ground truth the data lacks, are None; `skipped` ({metric: why},
   `eval_step.skipped_metrics`) is reported as is. Per-step metrics are means over the
   windows of the per-window means over start frames (`eval_step.eval_step`).
@@ -89,6 +91,11 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
     out["disentanglement"] = float(ex["disentangle_sum"].sum() / ex["disentangle_count"].sum())
   out["bound_fraction"] = (float(np.mean(ex["matched_share"] >= probe.BOUND_SHARE))
                            if "matched_share" in ex else None)
+  out["action_perplexity"] = out["action_perplexity_per_slot"] = None
+  if "action_code_counts" in ex:  # FSQ latent actions: code usage on this split.
+    counts_kc = ex["action_code_counts"].sum(axis=0)
+    out["action_perplexity"] = float(metrics.perplexity(counts_kc.sum(axis=0)))
+    out["action_perplexity_per_slot"] = float(np.mean(metrics.perplexity(counts_kc)))
   probed = probe.probe_latent_actions(ex, spec, probe_steps) or {}
   for key in PROBE_KEYS:
     out[f"probe_{key}"] = probed.get(key)

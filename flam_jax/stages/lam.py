@@ -21,6 +21,7 @@ from flam_jax.data import records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import ConfigError
 from flam_jax.lib import images, loading, models, rollout
+from flam_jax.lib import metrics as metrics_lib
 from flam_jax.modules import aggregator as aggregator_lib
 from flam_jax.modules import fsq, latent_action, slot_matching
 from flam_jax.modules.tokenizer import Tokenizer
@@ -28,20 +29,6 @@ from flam_jax.modules.world_model import FACTORED_ENTITIES, VARIANTS
 from flam_jax.modules.world_model import LatentActionWorldModel as WorldModel
 
 NUM_PICTURE_WINDOWS = 2
-
-
-def action_usage(indices_btk: jnp.ndarray, num_codes: int) -> dict:
-  """Perplexity of the latent action codes over the batch, overall and per slot (mean).
-
-  exp(entropy): 1 when one code is used, num_codes when all are used equally. Per slot
-  shows whether every slot uses its actions or one slot carries them all.
-  """
-  def perplexity(idx):
-    probs = jnp.bincount(idx.reshape(-1), length=num_codes) / idx.size
-    return jnp.exp(-jnp.sum(probs * jnp.log(probs + 1e-10)))
-  per_slot = jax.vmap(perplexity, in_axes=-1)(indices_btk.reshape(-1, indices_btk.shape[-1]))
-  return dict(action_perplexity=perplexity(indices_btk),
-              action_perplexity_per_slot=jnp.mean(per_slot))
 
 
 class LatentActionStage:
@@ -213,7 +200,7 @@ class LatentActionStage:
       metrics["action_entropy_loss"] = entropy
       loss = loss + lam.action_entropy_weight * entropy
     if out["action_indices"] is not None:
-      metrics.update(action_usage(out["action_indices"],
+      metrics.update(metrics_lib.action_usage(out["action_indices"],
                                   fsq.codebook_size(self.model.action_bottleneck_levels)))
     return loss, metrics
 
