@@ -37,7 +37,8 @@ CONFIGS = {
         ("lam.recursive_init", False), ("lam.slot_matching", "contrastive"))),
 }
 KEYS = ("psnr_t@1", "psnr_t@P", "delta_psnr_t@1", "delta_psnr_t@P", "ari_fg",
-        "disentanglement", "probe_accuracy")
+        "disentanglement", "bound_fraction", "action_perplexity", "probe_accuracy",
+        "probe_accuracy_given_heading")
 
 common.define_flags("results/slot_init")
 
@@ -55,7 +56,9 @@ def report(experiment: runner.Experiment, runs, metrics, seeds) -> str:
   columns = [("psnr_t@1", "PSNR t=1"), ("psnr_t@P", f"PSNR t={p}"),
              ("delta_psnr_t@1", "Δ PSNR t=1"), ("delta_psnr_t@P", f"Δ PSNR t={p}"),
              ("ari_fg", "ARI-FG"), ("disentanglement", "disentanglement"),
-             ("probe_accuracy", "probe acc.")]
+             ("bound_fraction", "agents bound"), ("action_perplexity", "action perplexity"),
+             ("probe_accuracy", "probe acc."),
+             ("probe_accuracy_given_heading", "probe acc. given heading")]
   titles = {label: title for label, (title, _) in CONFIGS.items()}
   rec = stats["flam"]
   claims = []
