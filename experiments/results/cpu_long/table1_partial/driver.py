@@ -29,7 +29,8 @@ if not os.path.exists(os.path.join(data_dir, "metadata.json")):
 done = latest_step(os.path.join(workdir, "lam", "checkpoints"))
 if done is None or done < config.num_train_steps:
   start = time.time()
-  train.run(config, workdir)
+  if train.run(config, workdir).get("preempted"):
+    sys.exit(143)  # SIGTERM: the checkpoint is saved; re-run to resume, evaluate when finished.
   print("trained in", time.time() - start, flush=True)
 s = dict(evaluator.EVAL_DEFAULTS)
 s.update({k: v for k, v in setting.eval.items() if k in s})
