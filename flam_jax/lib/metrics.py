@@ -28,7 +28,7 @@ def psnr(target, prediction, axis=(-3, -2, -1)):
   return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
 
-# ---- SSIM. ----
+# ---- Latent action code usage. ----
 def perplexity(counts_xc):
   """exp(entropy) of the code distribution whose counts are on the last axis [..., C].
 
@@ -53,6 +53,7 @@ def action_usage(indices_xk, num_codes: int) -> dict:
               action_perplexity_per_slot=jnp.mean(perplexity(counts_kc)))
 
 
+# ---- SSIM. ----
 def _gaussian_filter_matrix(size: int, window: int, sigma: float) -> np.ndarray:
   """[size - window + 1, size]: row i is the normalised 1-D Gaussian on pixels i..i+window-1."""
   x = np.arange(window, dtype=np.float64) - (window - 1) / 2.0
