@@ -200,8 +200,8 @@ class LatentActionStage:
       metrics["action_entropy_loss"] = entropy
       loss = loss + lam.action_entropy_weight * entropy
     if out["action_indices"] is not None:
-      metrics.update(metrics_lib.action_usage(out["action_indices"],
-                                  fsq.codebook_size(self.model.action_bottleneck_levels)))
+      metrics.update(metrics_lib.action_usage(
+          out["action_indices"], fsq.codebook_size(self.model.action_bottleneck_levels)))
     return loss, metrics
 
   def diagnostics(self, params, batch, rng):
