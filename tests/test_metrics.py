@@ -138,6 +138,17 @@ def test_action_usage_counts_codes_overall_and_per_slot():
                              rtol=1e-5)
 
 
+def test_code_counts_sums_over_the_given_axis_with_codes_last():
+  indices_btk = jnp.array([[[0, 2], [0, 3], [1, 2]]])  # [B=1, T=3, K'=2]
+  counts_bkc = metrics.code_counts(indices_btk, 4, axis=1)
+  np.testing.assert_array_equal(counts_bkc, [[[2, 1, 0, 0], [0, 0, 2, 1]]])
+  # Usage from counts equals usage from the indices they were counted from.
+  from_counts = metrics.usage_from_counts(counts_bkc.sum(axis=0))
+  from_indices = metrics.action_usage(indices_btk, 4)
+  for key, value in from_indices.items():
+    assert float(from_counts[key]) == pytest.approx(float(value), rel=1e-6)
+
+
 def test_upsample_masks_nearest():
   masks = jnp.arange(4).reshape(1, 4)
   np.testing.assert_array_equal(metrics.upsample_masks(masks, (2, 2), (4, 4))[0],

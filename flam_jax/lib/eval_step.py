@@ -257,8 +257,8 @@ def eval_step(spec: EvalSpec, state: Dict[str, Any], batch: Dict[str, jax.Array]
   out["tokenizer_psnr"] = jnp.mean(metrics.psnr(pixels_btHWc, recon_btHWc), axis=1)
   out["valid"], out["episode"], out["index"] = batch["valid"], batch["episode"], batch["index"]
   if acts["indices"] is not None:  # FSQ codes: how many are in use (evaluator.summarize).
-    out["action_code_counts"] = jnp.sum(jax.nn.one_hot(  # [B, K', C] over the T-1 transitions.
-        acts["indices"], fsq.codebook_size(model.action_bottleneck_levels)), axis=1)
+    out["action_code_counts"] = metrics.code_counts(  # [B, K', C] over the T-1 transitions.
+        acts["indices"], fsq.codebook_size(model.action_bottleneck_levels), axis=1)
 
   matched_slot = None
   if spec.variant_spec.slot_entities and "ari_fg" not in skipped:

@@ -93,9 +93,8 @@ def summarize(per_example: Dict[str, np.ndarray], spec: eval_step.EvalSpec,
                            if "matched_share" in ex else None)
   out["action_perplexity"] = out["action_perplexity_per_slot"] = None
   if "action_code_counts" in ex:  # FSQ latent actions: code usage on this split.
-    counts_kc = ex["action_code_counts"].sum(axis=0)
-    out["action_perplexity"] = float(metrics.perplexity(counts_kc.sum(axis=0)))
-    out["action_perplexity_per_slot"] = float(np.mean(metrics.perplexity(counts_kc)))
+    usage = metrics.usage_from_counts(ex["action_code_counts"].sum(axis=0))
+    out.update({key: float(value) for key, value in usage.items()})
   probed = probe.probe_latent_actions(ex, spec, probe_steps) or {}
   for key in PROBE_KEYS:
     out[f"probe_{key}"] = probed.get(key)

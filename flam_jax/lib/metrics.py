@@ -40,17 +40,29 @@ def perplexity(counts_xc):
   return jnp.exp(-jnp.sum(probs_xc * jnp.log(probs_xc + 1e-10), axis=-1))
 
 
-def action_usage(indices_xk, num_codes: int) -> dict:
-  """Perplexity of latent action codes [..., K'] (K' slots, or 1 scene action).
+def code_counts(indices, num_codes: int, axis):
+  """How often each of num_codes codes occurs in integer `indices`, summed over `axis`.
+
+  The result has the code axis last: e.g. indices [B, T, K'] with axis=1 give [B, K', C].
+  """
+  return jnp.sum(jax.nn.one_hot(indices, num_codes, dtype=jnp.float32), axis=axis)
+
+
+def usage_from_counts(counts_kc) -> dict:
+  """Perplexities of the code counts of K' slots (or 1 scene action) [K', C].
 
   action_perplexity: over every slot's codes together; action_perplexity_per_slot: the
   mean over slots of each slot's own perplexity, which shows whether every slot uses its
   actions or one slot carries them all.
   """
-  counts_kc = jnp.sum(jax.nn.one_hot(indices_xk.reshape(-1, indices_xk.shape[-1]), num_codes),
-                      axis=0)
   return dict(action_perplexity=perplexity(jnp.sum(counts_kc, axis=0)),
               action_perplexity_per_slot=jnp.mean(perplexity(counts_kc)))
+
+
+def action_usage(indices_xk, num_codes: int) -> dict:
+  """usage_from_counts of the latent action codes [..., K'], counted over every other axis."""
+  return usage_from_counts(code_counts(indices_xk.reshape(-1, indices_xk.shape[-1]), num_codes,
+                                       axis=0))
 
 
 # ---- SSIM. ----
