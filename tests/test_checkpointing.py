@@ -1,5 +1,6 @@
 """checkpointing.check_compatible: which config changes a checkpoint refuses."""
 
+import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
@@ -25,3 +26,13 @@ def test_ignored_keys_may_change_or_be_missing_from_older_checkpoints():
                                    "/ckpt", ignored=("lam.remat",))
   with pytest.raises(CheckpointError, match="lam.remat"):
     checkpointing.check_compatible(older, _config(), ("stage", "lam"), "/ckpt")
+
+
+def test_tree_fingerprint_names_the_exact_arrays():
+  params = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
+                      "bias": np.zeros(3, np.float32)}}
+  same = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
+                    "bias": np.zeros(3, np.float32)}}
+  changed = {"dense": {"kernel": params["dense"]["kernel"], "bias": np.full(3, 1e-6, np.float32)}}
+  assert checkpointing.tree_fingerprint(params) == checkpointing.tree_fingerprint(same)
+  assert checkpointing.tree_fingerprint(params) != checkpointing.tree_fingerprint(changed)

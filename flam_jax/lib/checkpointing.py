@@ -87,6 +87,16 @@ def array_checksums(tree: Any) -> Dict[str, str]:
   return out
 
 
+def tree_fingerprint(tree: Any) -> str:
+  """CRC32 of `array_checksums(tree)`: names the exact parameters a cache was made with.
+
+  Caches of derived data (tokens, latent actions) carry it in their tags, so a different
+  model trained into the same workdir to the same step does not reuse a stale cache.
+  """
+  manifest = json.dumps(array_checksums(tree), sort_keys=True).encode()
+  return f"{zlib.crc32(manifest) & 0xffffffff:08x}"
+
+
 def nonfinite_leaves(tree: Any) -> List[str]:
   """Paths of floating-point leaves of `tree` holding NaN or Inf (fully addressable ones)."""
   bad = []

@@ -156,7 +156,8 @@ class PolicyStage:
       tokenizer, tok_params, tok_dir, tok_step = loading.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda prm, f: tokenizer.apply(
         {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
-    token_tag = dict(checkpoint=tok_dir, step=int(tok_step))
+    token_tag = dict(checkpoint=tok_dir, step=int(tok_step),
+                     params=checkpointing.tree_fingerprint(tok_params))
     tokens_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
     tokens_lib.cache_tokens(config.data.dir, tokens_dir, lambda f: encode(tok_params, f),
                             tag=token_tag)
@@ -200,6 +201,7 @@ class PolicyStage:
         entity_ids_elHW = np.stack([masks_source.read_episode(e)["masks"]
                                     for e in range(masks_source.num_episodes)])
       latent_tag = dict(lam=lam_workdir, step=int(lam_step), tokens=token_tag,
+                        params=checkpointing.tree_fingerprint(lam_params),
                         binding=entity_ids_elHW is not None, keys="token_shares")
       inferred = cls._latent_actions(
           os.path.join(workdir, "policy_latents.npz"), latent_tag, lam, lam_params, tokens_elhw,
