@@ -5,6 +5,8 @@
     python experiments/policy.py --setting=cpu_long --distractors=4 --labels=1000 --seeds=0
                                  # world models as long as Table 1's cpu_long (hours on 2 cores)
     python experiments/policy.py --setting=paper --seeds=0,1,2      # GPU/TPU
+    # --only=labelled,flam_v2,lam: only these policies (and the world models they need),
+    # each evaluation printed and no report; a later run without --only reports them all.
 
 For each number of distractors: expert demonstrations of the goal task
 (`flam_jax.data.goal_task`), one tokenizer, LAM and FLAM per seed trained on the
@@ -22,6 +24,7 @@ import dataclasses
 import os
 import sys
 import time
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -186,17 +189,31 @@ def _stat(evaluations, key):
   return dict(mean=mean, std=std, n=n, values=values)
 
 
-def run(experiment: PolicyExperiment, seeds, distractors, labels) -> str:
+def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Optional[str]:
+  """Every policy of the grid (or only the modes in `only`, then printed, not reported)."""
   start = time.time()
   results, references = {}, {}
   for d in distractors:
     n = d + 1
     for mode_label, _, _, _ in MODES:
+      if only and mode_label not in only:
+        continue
       for num in ((max(labels),) if mode_label == "true_actions" else labels):
         evaluations = [experiment.policy(n, mode_label, num, s) for s in seeds]
+        if only:
+          for s, e in zip(seeds, evaluations):
+            accuracy = e["labelling"].get("pseudo_label_accuracy")
+            print(f"[{experiment.name}] {d} distractors, {mode_label}, {num} labels, seed {s}: "
+                  f"success {e['policy']['success_rate']:.2f}, return "
+                  f"{e['policy']['mean_return']:.3f}" + (
+                      f", pseudo-label accuracy {accuracy:.3f}" if accuracy is not None else ""),
+                  flush=True)
+          continue
         results[f"{d}d/{mode_label}/{num}"] = {k: _stat(evaluations, k) for k in KEYS}
         references[f"{d}d"] = {name: evaluations[0][name] for name in ("expert", "random")}
   experiment.timings["total"] = time.time() - start
+  if only:
+    return None
   return report(experiment, seeds, distractors, labels, results, references)
 
 
@@ -283,9 +300,13 @@ def main(argv):
   try:
     if f.steps_scale <= 0:
       raise ConfigError(f"--steps_scale={f.steps_scale} must be positive")
-    if f.only or f.train_only:
-      raise ConfigError("policy.py does not take --only or --train_only (its runs depend on "
-                        "each other); restrict it with --distractors and --labels")
+    if f.train_only:
+      raise ConfigError("policy.py does not take --train_only (each policy is evaluated as it "
+                        "trains); restrict it with --only, --distractors and --labels")
+    unknown = sorted(set(f.only) - {m[0] for m in MODES})
+    if unknown:
+      raise ConfigError(f"--only={','.join(f.only)}: {', '.join(unknown)} is not a policy of "
+                        f"this script; choose from {', '.join(m[0] for m in MODES)}")
     if settings.get_setting(f.setting).name not in POLICY_SETTINGS:
       raise ConfigError(f"policy.py has no --setting={f.setting}; use one of "
                         f"{', '.join(POLICY_SETTINGS)}")
@@ -298,7 +319,7 @@ def main(argv):
       labels = [int(v) for v in f.labels] or list(ps.labels)
     except ValueError as e:
       raise ConfigError("--distractors and --labels take comma-separated integers") from e
-    run(experiment, seeds, distractors, labels)
+    run(experiment, seeds, distractors, labels, only=tuple(f.only))
   except FlamError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

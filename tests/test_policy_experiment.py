@@ -37,7 +37,15 @@ def test_tiny_end_to_end_and_rerun_skips(tmp_path):
   cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny", "--seeds=0",
          "--distractors=2", "--labels=5", f"--root={root}", "--compilation_cache=none"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  # --only: that policy alone, printed and not reported; the full run below reuses it.
+  part = subprocess.run(cmd + ["--only=labelled"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=1800)
+  assert part.returncode == 0, part.stdout[-3000:] + part.stderr[-3000:]
+  assert "2 distractors, labelled, 5 labels, seed 0: success" in part.stdout, part.stdout[-2000:]
+  assert "policy lam" not in part.stdout
+  assert not os.path.exists(os.path.join(root, "tiny", "results.json"))
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+  assert "policy labelled" not in out.stdout, out.stdout[-2000:]
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   with open(os.path.join(root, "tiny", "results.json")) as f:
     results = json.load(f)
@@ -47,3 +55,14 @@ def test_tiny_end_to_end_and_rerun_skips(tmp_path):
   assert os.path.exists(os.path.join(root, "tiny", "policy_2d.png"))
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "policy labelled" not in again.stdout, again.stdout[-2000:]
+
+
+def test_only_names_an_unknown_policy_in_one_line(tmp_path):
+  cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny",
+         "--only=labelled,flm", f"--root={tmp_path}", "--compilation_cache=none"]
+  out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip() == ("error: --only=labelled,flm: flm is not a policy of this script; "
+                                "choose from true_actions, labelled, flam_v2, lam, flam")
+  assert not os.listdir(tmp_path)
