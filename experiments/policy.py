@@ -17,10 +17,13 @@ and FLAM's latent actions (f fitted on the same L labelled transitions). Each po
 is evaluated greedily in the live environment on the same seeded episodes, beside the
 expert and a random policy. Writes <root>/<setting>/results.md and results.json
 (success rate and return, mean +- std over seeds) and one curve of success rate
-against labels per number of distractors. Finished runs and evaluations are skipped.
+against labels per number of distractors. Finished runs and evaluations are skipped;
+every evaluation is also kept in <root>/<setting>/evaluations/, which a run on another
+machine reuses for the same config (so seeds run apart join one report).
 """
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -152,10 +155,6 @@ class PolicyExperiment(runner.Experiment):
     ps = self.task_setting
     lam_run = runner.Run(label=variant or "flam", variant=variant or "flam",
                          num_agents=num_agents, seed=seed)
-    if variant:
-      self.ensure_run(lam_run)
-    else:
-      self.ensure_tokenizer(num_agents)
     config = self.config(lam_run)
     config.stage = "policy"
     config.policy.update(dict(ps.policy, mode=mode, num_labels=0 if mode == "true_actions" else labels,
@@ -166,9 +165,22 @@ class PolicyExperiment(runner.Experiment):
     config.checkpoint_every_steps = max(1, steps // 4)
     workdir = self.policy_workdir(num_agents, mode_label, labels, seed)
     path = os.path.join(workdir, "policy", "evaluation.json")
+    stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed)
+    identity = _config_identity(config)
     evaluation = runner.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
+      runner.write_json(stored_path, dict(config=identity, evaluation=evaluation))
       return evaluation
+    stored = runner.read_json(stored_path)
+    if (stored and stored.get("config") == identity
+        and stored["evaluation"]["key"]["step"] >= steps):
+      print(f"[{self.name}] policy {mode_label}, {num_agents - 1} distractors, {labels} labels, "
+            f"seed {seed}: evaluation stored in {stored_path}", flush=True)
+      return stored["evaluation"]
+    if variant:
+      self.ensure_run(lam_run)
+    else:
+      self.ensure_tokenizer(num_agents)
     labelled = "every transition labelled" if mode == "true_actions" else f"{labels} labels"
     print(f"[{self.name}] policy {mode_label}, {labelled}, {num_agents - 1} distractors, "
           f"seed {seed} in {workdir}", flush=True)
@@ -179,7 +191,36 @@ class PolicyExperiment(runner.Experiment):
     runner.release_memory()
     if summary.get("preempted"):
       sys.exit(143)
+    runner.write_json(stored_path, dict(config=identity, evaluation=summary["evaluation"]))
     return summary["evaluation"]
+
+  def stored_evaluation_path(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
+    """Where each evaluation is kept beside the report (see `_config_identity`)."""
+    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
+    return os.path.join(self.out_dir, "evaluations", f"{num_agents - 1}d_{tag}_seed{seed}.json")
+
+
+# Config entries that name places on one machine, not what was trained.
+_MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
+                 "policy.lam_workdir", "progress_bar")
+
+
+def _config_identity(config) -> dict:
+  """The policy run's config without its paths: what a stored evaluation must match.
+
+  Every evaluation is also stored under <root>/<setting>/evaluations/ with this identity,
+  so seeds run on different machines (or in sessions whose run folders are gone) join
+  one report when their evaluations are copied into one results folder: a policy whose
+  workdir has no evaluation takes the stored one if the config matches, else it trains.
+  """
+  flat = json.loads(json.dumps(config.to_dict(), default=str))
+  for dotted in _MACHINE_KEYS:
+    *parents, leaf = dotted.split(".")
+    node = flat
+    for key in parents:
+      node = node.get(key, {})
+    node.pop(leaf, None)
+  return flat
 
 
 def _stat(evaluations, key):

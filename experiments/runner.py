@@ -117,7 +117,7 @@ class Experiment:
       print(f"[{self.name}] preempted during {what}; re-run the same command to resume.",
             flush=True)
       sys.exit(143)
-    _write_json(os.path.join(workdir, stage, "experiment_run.json"),
+    write_json(os.path.join(workdir, stage, "experiment_run.json"),
                 dict(seconds=seconds, steps=int(config.num_train_steps),
                      resumed_from=done, devices=hardware()))
 
@@ -166,7 +166,7 @@ class Experiment:
       self.timings[f"eval/{group}"] = time.time() - start
       results = summary["runs"] if "runs" in summary else [summary]
       metrics = [{k: v for k, v in r.items() if _jsonable(v)} for r in results]
-      _write_json(cache, dict(key=key, metrics=metrics))
+      write_json(cache, dict(key=key, metrics=metrics))
       out[group] = metrics
       release_memory()
     return out
@@ -205,7 +205,7 @@ class Experiment:
     md_path = os.path.join(self.out_dir, "results.md")
     with open(md_path, "w") as f:
       f.write(markdown)
-    _write_json(os.path.join(self.out_dir, "results.json"), payload)
+    write_json(os.path.join(self.out_dir, "results.json"), payload)
     for name in ("results.md", "results.json"):
       shutil.copyfile(os.path.join(self.out_dir, name), os.path.join(self.root, name))
     print("\n" + markdown, flush=True)
@@ -269,7 +269,8 @@ def read_json(path: str) -> Optional[dict]:
     return None
 
 
-def _write_json(path: str, payload: Any) -> None:
+def write_json(path: str, payload: Any) -> None:
+  """Writes `payload` as JSON to `path` atomically (a temporary file, then a rename)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

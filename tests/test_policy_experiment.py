@@ -55,6 +55,32 @@ def test_tiny_end_to_end_and_rerun_skips(tmp_path):
   assert os.path.exists(os.path.join(root, "tiny", "policy_2d.png"))
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "policy labelled" not in again.stdout, again.stdout[-2000:]
+  # On "another machine" (no run folders) the evaluations stored beside the report are
+  # reused: nothing trains, and the report is the same.
+  elsewhere = str(tmp_path / "other_machine_runs")
+  moved = subprocess.run(cmd + [f"--runs_root={elsewhere}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+  assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+  assert "evaluation stored in" in moved.stdout and not os.path.exists(elsewhere + "/tiny/goal_data_3a")
+  with open(os.path.join(root, "tiny", "results.json")) as f:
+    assert json.load(f)["results"] == results["results"]
+
+
+def test_stored_evaluations_match_configs_without_their_paths(tmp_path):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  ps = policy_experiment.POLICY_SETTINGS["tiny"]
+  identities = []
+  for root in (str(tmp_path / "machine_a"), str(tmp_path / "machine_b" / "elsewhere")):
+    experiment = policy_experiment.PolicyExperiment(ps, "policy", settings.get_setting("tiny"),
+                                                    root, compilation_cache="none")
+    config = experiment.config(runner.Run("flam_v2", "flam_v2", 3, 0))
+    config.policy.lam_workdir = os.path.join(root, "flam_v2")
+    identities.append(policy_experiment._config_identity(config))
+  assert identities[0] == identities[1]
+  assert "dir" not in identities[0]["data"] and "lam_workdir" not in identities[0]["policy"]
+  config.policy.num_labels += 1
+  assert policy_experiment._config_identity(config) != identities[1]
 
 
 def test_only_names_an_unknown_policy_in_one_line(tmp_path):
