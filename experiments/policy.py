@@ -149,8 +149,8 @@ class PolicyExperiment(runner.Experiment):
     tag = mode if mode == "true_actions" else f"{mode}_{labels}"
     return os.path.join(self.runs_dir, f"goal_policy_{num_agents}a", tag, f"seed{seed}")
 
-  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
-    """Trains (unless finished) and evaluates one policy; returns its evaluation.json."""
+  def policy_config(self, num_agents: int, mode_label: str, labels: int, seed: int):
+    """(config of the policy stage, its world model's Run or None for the BC baselines)."""
     _, mode, variant, _ = next(m for m in MODES if m[0] == mode_label)
     ps = self.task_setting
     lam_run = runner.Run(label=variant or "flam", variant=variant or "flam",
@@ -163,6 +163,12 @@ class PolicyExperiment(runner.Experiment):
     for node in (config, config.per_stage.policy):
       node.num_train_steps, node.batch_size = steps, ps.batch_size
     config.checkpoint_every_steps = max(1, steps // 4)
+    return config, (lam_run if variant else None)
+
+  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
+    """Trains (unless finished) and evaluates one policy; returns its evaluation.json."""
+    config, lam_run = self.policy_config(num_agents, mode_label, labels, seed)
+    mode, steps = config.policy.mode, config.num_train_steps
     workdir = self.policy_workdir(num_agents, mode_label, labels, seed)
     path = os.path.join(workdir, "policy", "evaluation.json")
     stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed)
@@ -177,7 +183,7 @@ class PolicyExperiment(runner.Experiment):
       print(f"[{self.name}] policy {mode_label}, {num_agents - 1} distractors, {labels} labels, "
             f"seed {seed}: evaluation stored in {stored_path}", flush=True)
       return stored["evaluation"]
-    if variant:
+    if lam_run:
       self.ensure_run(lam_run)
     else:
       self.ensure_tokenizer(num_agents)
