@@ -118,8 +118,8 @@ class Experiment:
             flush=True)
       sys.exit(143)
     write_json(os.path.join(workdir, stage, "experiment_run.json"),
-                dict(seconds=seconds, steps=int(config.num_train_steps),
-                     resumed_from=done, devices=hardware()))
+               dict(seconds=seconds, steps=int(config.num_train_steps),
+                    resumed_from=done, devices=hardware()))
 
   def ensure_run(self, run: Run) -> str:
     """Trains `run` (and its data and tokenizer) unless its checkpoint is finished."""
