@@ -119,9 +119,9 @@ def cache_tokens(data_dir: str, out_dir: str,
     out_dir: where the token dataset goes.
     encode_fn: frames uint8 [F, H, W, 3] -> indices [F, h, w]; called with F =
       `frames_per_call` always (the last call is padded), so it compiles once.
-    tag: identifies the tokenizer (checkpoint path, step, `checkpointing.tree_fingerprint`
-      of its parameters); stored in metadata with
-      the dataset's fingerprint (`data_fingerprint`).
+    tag: identifies the tokenizer (`loading.tokenizer_cache_tag`: checkpoint path, step,
+      fingerprint of its parameters); stored in metadata with the dataset's fingerprint
+      (`data_fingerprint`).
     frames_per_call: frames per encode call.
     progress: show a progress bar.
 

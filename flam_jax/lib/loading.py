@@ -27,6 +27,13 @@ def tokenizer_checkpoint_dir(config: ConfigDict, workdir: str) -> str:
   return os.path.abspath(path)
 
 
+def tokenizer_cache_tag(checkpoint_dir: str, step: int, params) -> dict:
+  """What names a token cache (`tokens.cache_tokens`): the tokenizer's checkpoint, step and
+  exact parameters, so every stage that shares a cache builds the same tag."""
+  return dict(checkpoint=checkpoint_dir, step=int(step),
+              params=checkpointing.tree_fingerprint(params))
+
+
 def load_frozen_tokenizer(config: ConfigDict, workdir: str):
   """(Tokenizer module, params, checkpoint dir, step) of the tokenizer the lam stage builds on."""
   path = tokenizer_checkpoint_dir(config, workdir)

@@ -20,7 +20,7 @@ from ml_collections import ConfigDict
 from flam_jax.data import records
 from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import ConfigError
-from flam_jax.lib import checkpointing, images, loading, models, rollout
+from flam_jax.lib import images, loading, models, rollout
 from flam_jax.lib import metrics as metrics_lib
 from flam_jax.modules import aggregator as aggregator_lib
 from flam_jax.modules import fsq, latent_action, slot_matching
@@ -100,8 +100,7 @@ class LatentActionStage:
         {"params": p}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     data_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
     meta = tokens_lib.cache_tokens(config.data.dir, data_dir, lambda f: encode(params, f),
-                                   tag=dict(checkpoint=ckpt_dir, step=int(step),
-                                            params=checkpointing.tree_fingerprint(params)))
+                                   tag=loading.tokenizer_cache_tag(ckpt_dir, step, params))
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],
                num_agents=meta["config"].get("num_agents", 0), data_dir=data_dir,
                has_actions="actions" in records.ground_truth(meta),

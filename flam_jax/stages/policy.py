@@ -156,8 +156,7 @@ class PolicyStage:
       tokenizer, tok_params, tok_dir, tok_step = loading.load_frozen_tokenizer(config, workdir)
     encode = jax.jit(lambda prm, f: tokenizer.apply(
         {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
-    token_tag = dict(checkpoint=tok_dir, step=int(tok_step),
-                     params=checkpointing.tree_fingerprint(tok_params))
+    token_tag = loading.tokenizer_cache_tag(tok_dir, tok_step, tok_params)
     tokens_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
     tokens_lib.cache_tokens(config.data.dir, tokens_dir, lambda f: encode(tok_params, f),
                             tag=token_tag)

@@ -2,8 +2,8 @@
 #   python ari_per_frame.py <world-model workdir>
 """ARI-FG by frame index and the matched slot share by transition, over whole 16-frame test
 episodes (4 batches of 32): does recursive init accumulate binding errors over frames?"""
-import sys, numpy as np, jax, jax.numpy as jnp
-sys.path.insert(0, "/work/main")
+import os, sys, numpy as np, jax, jax.numpy as jnp
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4)))
 from flam_jax.lib import loading, rollout, metrics, evaluator
 from flam_jax.data import records
 wd = sys.argv[1]

@@ -6,7 +6,7 @@ the overfitting seen at 400 (train accuracy 0.983 vs test 0.948, copy 0.95)?
 Optional 4th argument: config overrides as JSON ('{"lam.num_slots": 8}'), with a 5th argument naming the run
 (workdir <variant>_<name>_4a_<episodes>/seed<seed>)."""
 import json, os, sys, time
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4)))
 from experiments import settings
 from experiments.runner import latest_step
 from flam_jax import train, evaluate
