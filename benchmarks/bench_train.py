@@ -28,6 +28,8 @@ flam_jax faster). `--memory_only` compiles without running. Figures are measured
 asserted.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import resource
@@ -52,6 +54,7 @@ from flam_jax.errors import ConfigError, FlamError
 from flam_jax.lib import flops, optim, sharding, trainer
 from flam_jax.lib.config_utils import stage_config
 from flam_jax.lib.models import make_tokenizer
+from flam_jax.modules import transformer
 from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
@@ -74,6 +77,14 @@ _PEER_PYTHON = flags.DEFINE_string(
     "peer_python", os.path.join(ROOT, "..", "torch-venv", "bin", "python"),
     "A python with torch and numpy for the peer.")
 _PEER_STEPS = flags.DEFINE_integer("peer_steps", 0, "Timed peer steps (0: --steps).")
+_GPU_ATTENTION = flags.DEFINE_enum(
+    "gpu_attention", transformer.GPU_ATTENTION, ["cudnn", "xla"],
+    "Attention implementation on a GPU where cuDNN applies (flam_jax/modules/transformer.py).")
+_TIMING_LOCK = flags.DEFINE_string(
+    "timing_lock", "",
+    "A lock file shared by benchmarks run side by side on one device: each compiles at once "
+    "and holds the lock only while it times (matmul reference, steps, peer), so that "
+    "compilations overlap and timings do not.")
 
 
 def matmul_flops_per_s(dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -96,6 +107,22 @@ def peak_memory() -> str:
   if "peak_bytes_in_use" in stats:
     return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB device"
   return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB host RSS"
+
+
+@contextlib.contextmanager
+def timing_lock(path: str):
+  """Holds an exclusive lock on `path` (no-op for ""): one benchmark times at a time."""
+  if not path:
+    yield
+    return
+  with open(path, "a") as f:
+    start = time.perf_counter()
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print(f"timing lock taken after {time.perf_counter() - start:.1f} s", flush=True)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def make_stage(config):
@@ -268,38 +295,48 @@ def main(argv):
     raise ConfigError(f"config.stage={config.stage!r} lists several stages; benchmark one: "
                       "--config.stage=tokenizer or --config.stage=lam")
   config = stage_config(config, config.stage)
+  transformer.GPU_ATTENTION = _GPU_ATTENTION.value
   dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-  ref_before = matmul_flops_per_s(dtype)
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-        f"jax {jax.__version__}; {jnp.dtype(dtype).name} 2048^2 matmul "
-        f"{ref_before / 1e9:.1f} GFLOP/s", flush=True)
+        f"jax {jax.__version__}", flush=True)
   timer = StepTimer(config)
   row = dict(stage=config.stage, variant=config.lam.variant if config.stage == "lam" else "",
-             batch_size=config.batch_size, image_size=config.data.image_size,
+             gpu_attention=_GPU_ATTENTION.value, batch_size=config.batch_size, image_size=config.data.image_size,
              window=config.data.window_length, compute_dtype=config.compute_dtype,
              model_axis_size=config.mesh.model_axis_size, devices=jax.device_count(),
              decoded_frames_per_step=decoded_frames_per_step(config), **timer.figures())
+  print(json.dumps(row), flush=True)
+  _write(row)  # The compile and memory figures stand even if the timing is cut short.
   if _MEMORY_ONLY.value:
-    print(json.dumps(row), flush=True)
-    return _write(row)
+    return
 
-  rounds = []
-  for r in range(_ROUNDS.value):
-    times = timer.time_steps(_STEPS.value)
-    jax_s = statistics.median(times)
-    entry = dict(round=r, jax_s_per_step=jax_s, jax_s_min=min(times), jax_s_max=max(times))
-    if _PEER.value:
-      peer = run_peer(config, _PEER_STEPS.value or _STEPS.value)
-      jax_fps = row["decoded_frames_per_step"] / jax_s
-      peer_fps = peer["decoded_frames_per_step"] / peer["sec_per_step"]
-      entry.update(peer_s_per_step=peer["sec_per_step"], peer_gflops=peer["gflops_per_step"],
-                   peer_utilisation=peer["utilisation"], peer_matmul_gflops=peer["matmul_gflops"],
-                   peer_decoded_frames_per_step=peer["decoded_frames_per_step"],
-                   peer_loss_first=peer["loss_first"], peer_loss_last=peer["loss_last"],
-                   jax_over_peer_per_decoded_frame=jax_fps / peer_fps)
-    print(json.dumps(entry), flush=True)
-    rounds.append(entry)
-  ref = (ref_before + matmul_flops_per_s(dtype)) / 2
+  with timing_lock(_TIMING_LOCK.value):
+    ref_before = matmul_flops_per_s(dtype)
+    print(f"{jnp.dtype(dtype).name} matmul reference {ref_before / 1e9:.1f} GFLOP/s", flush=True)
+    rounds = []
+    for r in range(_ROUNDS.value):
+      times = timer.time_steps(_STEPS.value)
+      jax_s = statistics.median(times)
+      entry = dict(round=r, jax_s_per_step=jax_s, jax_s_min=min(times), jax_s_max=max(times))
+      if _PEER.value:
+        try:
+          peer = run_peer(config, _PEER_STEPS.value or _STEPS.value)
+        except FlamError as e:  # The flam_jax figures stand without the peer's.
+          print(f"warning: {e}", file=sys.stderr, flush=True)
+          entry["peer_error"] = str(e)
+        else:
+          jax_fps = row["decoded_frames_per_step"] / jax_s
+          peer_fps = peer["decoded_frames_per_step"] / peer["sec_per_step"]
+          entry.update(peer_s_per_step=peer["sec_per_step"], peer_gflops=peer["gflops_per_step"],
+                       peer_utilisation=peer["utilisation"],
+                       peer_matmul_gflops=peer["matmul_gflops"],
+                       peer_decoded_frames_per_step=peer["decoded_frames_per_step"],
+                       peer_loss_first=peer["loss_first"], peer_loss_last=peer["loss_last"],
+                       peer_peak_mib=peer.get("peak_cuda_mib", np.nan),
+                       jax_over_peer_per_decoded_frame=jax_fps / peer_fps)
+      print(json.dumps(entry), flush=True)
+      rounds.append(entry)
+    ref = (ref_before + matmul_flops_per_s(dtype)) / 2
   step_s = statistics.median(e["jax_s_per_step"] for e in rounds)
   frames = config.batch_size * config.data.window_length
   row.update(s_per_step=step_s, train_frames_per_s=frames / step_s,
@@ -307,8 +344,9 @@ def main(argv):
              achieved_gflops=row["gflops_per_step"] / step_s, matmul_gflops=ref / 1e9,
              utilisation=row["gflops_per_step"] * 1e9 / step_s / ref, loss=timer.loss,
              peak_memory=peak_memory(), rounds=rounds)
-  if _PEER.value:
-    ratios = [e["jax_over_peer_per_decoded_frame"] for e in rounds]
+  ratios = [e["jax_over_peer_per_decoded_frame"] for e in rounds
+            if "jax_over_peer_per_decoded_frame" in e]
+  if ratios:
     row["jax_over_peer_per_decoded_frame"] = statistics.median(ratios)
   if _PIPELINE_BATCHES.value:
     row["pipeline_frames_per_s"] = bench_pipeline(config, timer.stage, _PIPELINE_BATCHES.value)
@@ -318,7 +356,7 @@ def main(argv):
         f"frames/s, {row['gflops_per_step']:.1f} GFLOP/step (XLA cost analysis "
         f"{row['gflops_xla_cost_analysis']:.1f}), utilisation {100 * row['utilisation']:.1f}% "
         f"of a {ref / 1e9:.0f} GFLOP/s matmul")
-  if _PEER.value:
+  if ratios:
     print("flam_jax vs PyTorch per decoded frame, by round: "
           + ", ".join(f"{x:.2f}x" for x in ratios)
           + f" (median {row['jax_over_peer_per_decoded_frame']:.2f}x; > 1: flam_jax faster)")

@@ -4,12 +4,14 @@ All blocks take `dtype` (the compute dtype, e.g. bfloat16) and keep parameters i
 float32 (`param_dtype`), so mixed precision is one config switch. LayerNorms and
 attention softmaxes run in float32 for stability.
 
-Attention goes through `jax.nn.dot_product_attention` (`attention` below): cuDNN's fused
-flash attention on a GPU where it applies (bfloat16/float16, supported head sizes), XLA's
-implementation elsewhere; both compute the logits and the softmax in float32. Off the GPU,
-where XLA materialises the [.., heads, q, k] logits, a long attention runs one block of
-queries at a time (`lax.map`, each block rematerialised in the backward), so no more than
-MAX_BLOCK_LOGITS logits are live at once; the softmax is per query row, so this is exact.
+Attention goes through `jax.nn.dot_product_attention` (`attention` below). On a GPU it asks
+for cuDNN's fused flash attention (`implementation="cudnn"`; jax's default is XLA's) where
+cuDNN takes the call: bfloat16/float16, head size a multiple of 8 up to 128, even lengths
+when a mask is given (`attention_implementation`; GPU_ATTENTION = "xla" switches it off).
+Everywhere else XLA's implementation runs, which materialises the [.., heads, q, k] logits:
+off the GPU a long attention then runs one block of queries at a time (`lax.map`, each block
+rematerialised in the backward), so no more than MAX_BLOCK_LOGITS logits are live at once;
+the softmax is per query row, so this is exact.
 """
 
 import functools
@@ -23,6 +25,22 @@ import flax.linen as nn
 # Off the GPU, attention over more logits than this (per call, all heads and sequences)
 # runs a block of queries at a time: 2**26 float32 logits are 256 MiB.
 MAX_BLOCK_LOGITS = 2 ** 26
+# The implementation asked for on a GPU where cuDNN takes the call: "cudnn" or "xla".
+GPU_ATTENTION = "cudnn"
+
+
+def attention_implementation(backend: str, dtype, head_dim: int, num_queries: int,
+                             num_keys: int, has_mask: bool, num_blocks: int) -> str:
+  """Which path `attention` takes: "cudnn" (fused, on a GPU), "blocked" (XLA, a block of
+  queries at a time, off the GPU) or "xla". The cuDNN conditions are the subset of
+  jax's own checks (jax._src.cudnn.fused_attention_stablehlo) that holds on every GPU
+  generation, so that the fused call is never refused at compile time."""
+  if backend == "gpu":
+    fits_cudnn = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+                  and head_dim <= 128
+                  and not (has_mask and (num_queries % 2 or num_keys % 2)))
+    return "cudnn" if fits_cudnn and GPU_ATTENTION == "cudnn" else "xla"
+  return "blocked" if num_blocks > 1 else "xla"
 
 
 def _query_block_size(num_logits_per_query: int, num_queries: int, max_logits: int) -> int:
@@ -66,8 +84,8 @@ def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = Fal
   to [..., heads, q, k] (True: attend). Leading batch dims are folded into one (the fused
   kernel takes [B, T, N, H]). `is_causal` masks key positions after the query's without a
   mask array, which lets the fused kernel skip them. No attention dropout (none is used).
-  Off the GPU, more than `max_block_logits` (default MAX_BLOCK_LOGITS) logits run in query
-  blocks (module docstring).
+  On a GPU cuDNN's fused kernel runs where it applies; off the GPU, more than
+  `max_block_logits` (default MAX_BLOCK_LOGITS) logits run in query blocks (module docstring).
   """
   batch_shape = query.shape[:-3]
   fold = lambda x: x.reshape((-1,) + x.shape[-3:])
@@ -80,13 +98,16 @@ def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = Fal
       mask = fold(jnp.broadcast_to(mask, batch_shape + mask.shape[-3:]))
   dtype = dtype or query.dtype
   query, key, value = (fold(x).astype(dtype) for x in (query, key, value))
-  b, nq, h, _ = query.shape
+  b, nq, h, head_dim = query.shape
   max_logits = MAX_BLOCK_LOGITS if max_block_logits is None else max_block_logits
   block = _query_block_size(b * h * key.shape[1], nq, max_logits)
-  if jax.default_backend() != "gpu" and block < nq:
+  path = attention_implementation(jax.default_backend(), dtype, head_dim, nq, key.shape[1],
+                                  mask is not None, nq // block)
+  if path == "blocked":
     out = _blocked_attention(query, key, value, mask, is_causal, block)
   else:
-    out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal)
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
+                                       implementation=path)
   return out.reshape(batch_shape + out.shape[-3:])
 
 
