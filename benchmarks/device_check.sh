@@ -45,6 +45,7 @@ else
 fi
 
 BATCHES=${BATCHES:-64 32 16 8}
+STAGES=${STAGES:-tokenizer flam lam}  # Which of the three train steps to time.
 read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"  # More --config.key=value flags for every stage (smoke tests).
 LOCK="$OUT/timing.lock"
 
@@ -82,11 +83,11 @@ bench() {
 # The three stages side by side: their compilations overlap (the host has the cores), their
 # timings do not (bench_train.py --timing_lock), so the run fits the issue's 8 minutes.
 rm -f "$OUT"/*.summary
-bench tokenizer --config=configs/multigrid.py:tokenizer "${PEER_FLAGS[@]}" &
-bench flam --config=configs/multigrid.py:flam "${PEER_FLAGS[@]}" &
-bench lam --config=configs/multigrid.py:lam "${PEER_FLAGS[@]}" &
+for stage in $STAGES; do
+  bench "$stage" --config=configs/multigrid.py:"$stage" "${PEER_FLAGS[@]}" &
+done
 wait
-cat "$OUT"/tokenizer.summary "$OUT"/flam.summary "$OUT"/lam.summary
+for stage in $STAGES; do cat "$OUT/$stage.summary"; done
 timeout "$(left 120)" $PY benchmarks/bench_rollout.py --configs=multigrid --batch_size=1 \
   > "$OUT/rollout.log" 2>&1; echo "rollout (batch 1, 128 px): rc $?"; tail -n 3 "$OUT/rollout.log"
 echo "device_check: figures in $OUT"

@@ -194,12 +194,12 @@ def test_bfloat16_compute_keeps_float32_parameters():
 def test_attention_implementation_asks_for_cudnn_on_a_gpu_where_it_applies(monkeypatch):
   pick = transformer.attention_implementation
   # Table 4's aggregator: bfloat16, 4 heads of 64, 256 causal positions, no mask array.
-  assert pick("gpu", jnp.bfloat16, 64, 256, 256, False, 16) == "cudnn"
-  assert pick("gpu", jnp.float32, 64, 256, 256, False, 16) == "xla"  # cuDNN: half precision.
-  assert pick("gpu", jnp.bfloat16, 12, 256, 256, False, 1) == "xla"  # Head size not 8k.
-  assert pick("gpu", jnp.bfloat16, 64, 5, 7, True, 1) == "xla"  # A mask needs even lengths.
-  assert pick("gpu", jnp.bfloat16, 64, 5, 7, False, 1) == "cudnn"
-  assert pick("cpu", jnp.bfloat16, 64, 256, 256, False, 16) == "blocked"
-  assert pick("cpu", jnp.bfloat16, 64, 256, 256, False, 1) == "xla"
+  assert pick("gpu", jnp.bfloat16, 64, 256, 256, 16) == "cudnn"
+  assert pick("gpu", jnp.float32, 64, 256, 256, 16) == "xla"  # cuDNN: half precision.
+  assert pick("gpu", jnp.bfloat16, 12, 256, 256, 1) == "xla"  # Head size not 8k.
+  assert pick("gpu", jnp.bfloat16, 64, 5, 5, 1) == "xla"  # K = 5 slots: odd lengths.
+  assert pick("gpu", jnp.bfloat16, 64, 1, 2, 1) == "xla"
+  assert pick("cpu", jnp.bfloat16, 64, 256, 256, 16) == "blocked"
+  assert pick("cpu", jnp.bfloat16, 64, 256, 256, 1) == "xla"
   monkeypatch.setattr(transformer, "GPU_ATTENTION", "xla")
-  assert pick("gpu", jnp.bfloat16, 64, 256, 256, False, 16) == "xla"
+  assert pick("gpu", jnp.bfloat16, 64, 256, 256, 16) == "xla"

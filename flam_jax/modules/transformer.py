@@ -6,8 +6,8 @@ attention softmaxes run in float32 for stability.
 
 Attention goes through `jax.nn.dot_product_attention` (`attention` below). On a GPU it asks
 for cuDNN's fused flash attention (`implementation="cudnn"`; jax's default is XLA's) where
-cuDNN takes the call: bfloat16/float16, head size a multiple of 8 up to 128, even lengths
-when a mask is given (`attention_implementation`; GPU_ATTENTION = "xla" switches it off).
+cuDNN takes the call: bfloat16/float16, head size a multiple of 8 up to 128, even query and
+key lengths (`attention_implementation`; GPU_ATTENTION = "xla" switches it off).
 Everywhere else XLA's implementation runs, which materialises the [.., heads, q, k] logits:
 off the GPU a long attention then runs one block of queries at a time (`lax.map`, each block
 rematerialised in the backward), so no more than MAX_BLOCK_LOGITS logits are live at once;
@@ -30,15 +30,17 @@ GPU_ATTENTION = "cudnn"
 
 
 def attention_implementation(backend: str, dtype, head_dim: int, num_queries: int,
-                             num_keys: int, has_mask: bool, num_blocks: int) -> str:
+                             num_keys: int, num_blocks: int) -> str:
   """Which path `attention` takes: "cudnn" (fused, on a GPU), "blocked" (XLA, a block of
   queries at a time, off the GPU) or "xla". The cuDNN conditions are the subset of
-  jax's own checks (jax._src.cudnn.fused_attention_stablehlo) that holds on every GPU
-  generation, so that the fused call is never refused at compile time."""
+  jax's own checks (jax._src.cudnn.fused_attention_stablehlo.check_is_flash_attention) that
+  holds on every GPU generation, so that the fused call is never refused while tracing.
+  Lengths must be even because jax (0.10, 0.11) passes an empty bias when there is none and
+  then applies its with-bias rule to every call under differentiation (seen on an H200:
+  "Unsupported sequence length Q 5, KV 5" for K = 5 slots without a mask)."""
   if backend == "gpu":
     fits_cudnn = (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
-                  and head_dim <= 128
-                  and not (has_mask and (num_queries % 2 or num_keys % 2)))
+                  and head_dim <= 128 and num_queries % 2 == 0 and num_keys % 2 == 0)
     return "cudnn" if fits_cudnn and GPU_ATTENTION == "cudnn" else "xla"
   return "blocked" if num_blocks > 1 else "xla"
 
@@ -102,7 +104,7 @@ def attention(query, key, value, mask=None, dtype=None, *, is_causal: bool = Fal
   max_logits = MAX_BLOCK_LOGITS if max_block_logits is None else max_block_logits
   block = _query_block_size(b * h * key.shape[1], nq, max_logits)
   path = attention_implementation(jax.default_backend(), dtype, head_dim, nq, key.shape[1],
-                                  mask is not None, nq // block)
+                                  nq // block)
   if path == "blocked":
     out = _blocked_attention(query, key, value, mask, is_causal, block)
   else:
