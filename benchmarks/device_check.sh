@@ -3,8 +3,8 @@
 #   1. tokenizer, FLAM and LAM train steps at Table 4 size (configs/multigrid.py: 128 px,
 #      16x16 tokens, d_model 256, T 10, P 5) in bfloat16 at batch 64, or the largest of
 #      64/32/16/8 that fits, with utilisation against a bfloat16 matmul measured in the same
-#      process (benchmarks/bench_train.py; attention is jax.nn.dot_product_attention, which
-#      picks cuDNN flash attention for bfloat16 on a GPU), the three side by side: their
+#      process (benchmarks/bench_train.py; attention asks jax.nn.dot_product_attention for
+#      cuDNN's flash attention where cuDNN takes the call), the three side by side: their
 #      compilations overlap, their timings take turns (`bench_train.py --timing_lock`);
 #   2. KV-cached aggregator rollout frames/s at batch 1, 128 px (benchmarks/bench_rollout.py);
 #   3. the PyTorch peer at the same configs, when `import torch` works (bench_train --peer).

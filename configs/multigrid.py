@@ -138,10 +138,12 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # LAM at Table 4's size keeps [P, B*S, heads, N, N] attention weights per block
   # otherwise (benchmarks/RESULTS.md: 23.9 GiB of temporaries at batch 8 without it).
   config.lam.remat = True
-  # ... a slice of the batch at a time: nn.remat alone let XLA:CPU keep every block's
-  # recomputed activations live (Table 4 size, batch 64: LAM 64 GiB, FLAM 36 GiB of
-  # temporaries); with 8 slices LAM needs 15 GiB and FLAM 15 GiB (benchmarks/RESULTS.md).
-  config.lam.remat_chunks = 8
+  # Recompute each block on the whole batch (1), or a slice at a time in a loop (n > 1):
+  # XLA:GPU schedules plain remat well (H200, batch 64, bf16: FLAM 9.7 GiB, LAM 14.7 GiB
+  # peak, and 1.4x faster than 8 slices), while XLA:CPU keeps every block's recomputed
+  # activations live (LAM 64 GiB, FLAM 36 GiB of temporaries), so at this size on a CPU set
+  # --config.lam.remat_chunks=8 (15 GiB each). Figures: benchmarks/RESULTS.md.
+  config.lam.remat_chunks = 1
   config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
 
   # Evaluation (`--config.stage=eval`, flam_jax/lib/evaluator.py): PSNR_t, Delta PSNR, SSIM,

@@ -36,6 +36,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 from experiments import common, runner, settings
 from experiments import plots as plots_lib
 from experiments import report as report_lib
+from flam_jax.stages.lam import LatentActionStage
 
 flags.DEFINE_list("distractors", [], "Numbers of distractors (default: the setting's).")
 flags.DEFINE_list("labels", [], "Numbers of labelled transitions (default: the setting's).")
@@ -178,7 +179,7 @@ class PolicyExperiment(runner.Experiment):
       runner.write_json(stored_path, dict(config=identity, evaluation=evaluation))
       return evaluation
     stored = runner.read_json(stored_path)
-    if (stored and stored.get("config") == identity
+    if (stored and _without_machine_keys(stored.get("config", {})) == identity
         and stored["evaluation"]["key"]["step"] >= steps):
       print(f"[{self.name}] policy {mode_label}, {num_agents - 1} distractors, {labels} labels, "
             f"seed {seed}: evaluation stored in {stored_path}", flush=True)
@@ -206,20 +207,27 @@ class PolicyExperiment(runner.Experiment):
     return os.path.join(self.out_dir, "evaluations", f"{num_agents - 1}d_{tag}_seed{seed}.json")
 
 
-# Config entries that name places on one machine, not what was trained.
+# Config entries that name places on one machine or say how a step runs (the latent action
+# stage's checkpoint_ignored_keys: remat), not what was trained.
 _MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
-                 "policy.lam_workdir", "progress_bar")
+                 "policy.lam_workdir", "progress_bar") + LatentActionStage.checkpoint_ignored_keys
 
 
 def _config_identity(config) -> dict:
-  """The policy run's config without its paths: what a stored evaluation must match.
+  """The policy run's config without its paths and remat: what a stored evaluation must match.
 
   Every evaluation is also stored under <root>/<setting>/evaluations/ with this identity,
   so seeds run on different machines (or in sessions whose run folders are gone) join
   one report when their evaluations are copied into one results folder: a policy whose
   workdir has no evaluation takes the stored one if the config matches, else it trains.
   """
-  flat = json.loads(json.dumps(config.to_dict(), default=str))
+  return _without_machine_keys(json.loads(json.dumps(config.to_dict(), default=str)))
+
+
+def _without_machine_keys(flat: dict) -> dict:
+  """A copy of a config dict without _MACHINE_KEYS; stored identities written before a key
+  joined _MACHINE_KEYS still match."""
+  flat = json.loads(json.dumps(flat))
   for dotted in _MACHINE_KEYS:
     *parents, leaf = dotted.split(".")
     node = flat

@@ -66,7 +66,7 @@ def test_tiny_end_to_end_and_rerun_skips(tmp_path):
     assert json.load(f)["results"] == results["results"]
 
 
-def test_stored_evaluations_match_configs_without_their_paths(tmp_path):
+def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path):
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   ps = policy_experiment.POLICY_SETTINGS["tiny"]
@@ -79,6 +79,11 @@ def test_stored_evaluations_match_configs_without_their_paths(tmp_path):
     identities.append(policy_experiment._config_identity(config))
   assert identities[0] == identities[1]
   assert "dir" not in identities[0]["data"] and "lam_workdir" not in identities[0]["policy"]
+  config.lam.remat_chunks = 8  # How a step runs (a checkpoint resumes across it), not what.
+  assert policy_experiment._config_identity(config) == identities[1]
+  stored = json.loads(json.dumps(identities[1]))  # Written before remat joined _MACHINE_KEYS.
+  stored["lam"]["remat_chunks"] = 8
+  assert policy_experiment._without_machine_keys(stored) == identities[1]
   config.policy.num_labels += 1
   assert policy_experiment._config_identity(config) != identities[1]
 
