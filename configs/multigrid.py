@@ -140,7 +140,7 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.remat = True
   # Recompute each block on the whole batch (1), or a slice at a time in a loop (n > 1):
   # XLA:GPU schedules plain remat well (H200, batch 64, bf16: FLAM 9.7 GiB, LAM 14.7 GiB
-  # peak, and 1.4x faster than 8 slices), while XLA:CPU keeps every block's recomputed
+  # peak, and 1.4-1.6x faster than 8 slices), while XLA:CPU keeps every block's recomputed
   # activations live (LAM 64 GiB, FLAM 36 GiB of temporaries), so at this size on a CPU set
   # --config.lam.remat_chunks=8 (15 GiB each). Figures: benchmarks/RESULTS.md.
   config.lam.remat_chunks = 1
