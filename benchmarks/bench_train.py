@@ -49,13 +49,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from flam_jax.cli import parse_flags
-from flam_jax.data import multigrid, pipeline, tokens
+from flam_jax.data import multigrid, pipeline
 from flam_jax.errors import ConfigError, FlamError
-from flam_jax.lib import flops, optim, sharding, trainer
+from flam_jax.lib import flops, loading, optim, sharding, trainer
 from flam_jax.lib.config_utils import stage_config
 from flam_jax.lib.models import make_tokenizer
 from flam_jax.modules import transformer
-from flam_jax.modules.tokenizer import Tokenizer
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
 
@@ -219,9 +218,8 @@ def bench_pipeline(config, stage, num_batches: int) -> float:
     data_dir = tmp
     if config.stage == "lam":
       data_dir = os.path.join(tmp, "tokens")
-      encode = jax.jit(lambda f: stage.tokenizer.apply(
-          {"params": stage.tokenizer_params}, f / 255.0, method=Tokenizer.encode)[1])
-      tokens.cache_tokens(tmp, data_dir, encode, tag={}, progress=False)
+      loading.cache_frozen_tokens(stage.tokenizer, stage.tokenizer_params, {}, tmp, data_dir,
+                                  progress=False)
     it = pipeline.make_iterator(
         data_dir, "train", window_length=config.data.window_length,
         batch_size=config.batch_size, seed=0, num_workers=config.data.num_workers,

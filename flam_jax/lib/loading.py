@@ -15,8 +15,10 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from flam_jax.data import pipeline
+from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError
 from flam_jax.lib import checkpointing, models
+from flam_jax.modules.tokenizer import Tokenizer
 
 
 def tokenizer_checkpoint_dir(config: ConfigDict, workdir: str) -> str:
@@ -32,6 +34,18 @@ def tokenizer_cache_tag(checkpoint_dir: str, step: int, params) -> dict:
   exact parameters, so every stage that shares a cache builds the same tag."""
   return dict(checkpoint=checkpoint_dir, step=int(step),
               params=checkpointing.tree_fingerprint(params))
+
+
+def cache_frozen_tokens(tokenizer: Tokenizer, params, tag: dict, data_dir: str,
+                        tokens_dir: str, progress: bool = True) -> dict:
+  """Encodes every frame of `data_dir` with the frozen tokenizer into `tokens_dir` (one jit
+  of Tokenizer.encode on uint8 frames) unless a cache with the same `tag`
+  (`tokenizer_cache_tag`) and data is there; returns the token dataset's metadata. The one
+  way the latent action and policy stages (and the benchmarks) make tokens."""
+  encode = jax.jit(lambda p, f: tokenizer.apply(
+      {"params": p}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
+  return tokens_lib.cache_tokens(data_dir, tokens_dir, lambda f: encode(params, f),
+                                 tag=tag, progress=progress)
 
 
 def load_frozen_tokenizer(config: ConfigDict, workdir: str):

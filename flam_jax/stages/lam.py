@@ -18,7 +18,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from flam_jax.data import records
-from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import ConfigError
 from flam_jax.lib import images, loading, models, rollout
 from flam_jax.lib import metrics as metrics_lib
@@ -96,11 +95,10 @@ class LatentActionStage:
     """
     cls.check_config(config)
     tokenizer, params, ckpt_dir, step = loading.load_frozen_tokenizer(config, workdir)
-    encode = jax.jit(lambda p, f: tokenizer.apply(
-        {"params": p}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     data_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
-    meta = tokens_lib.cache_tokens(config.data.dir, data_dir, lambda f: encode(params, f),
-                                   tag=loading.tokenizer_cache_tag(ckpt_dir, step, params))
+    meta = loading.cache_frozen_tokens(tokenizer, params,
+                                       loading.tokenizer_cache_tag(ckpt_dir, step, params),
+                                       config.data.dir, data_dir)
     return cls(config, tokenizer, params, grid=meta["tokens"]["grid"],
                num_agents=meta["config"].get("num_agents", 0), data_dir=data_dir,
                has_actions="actions" in records.ground_truth(meta),

@@ -44,7 +44,6 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from flam_jax.data import goal_task, multigrid, pipeline, records
-from flam_jax.data import tokens as tokens_lib
 from flam_jax.errors import CheckpointError, ConfigError, DataError
 from flam_jax.lib import checkpointing, loading, models, probe
 from flam_jax.lib import policy as policy_lib
@@ -154,12 +153,9 @@ class PolicyStage:
       tok_ckpt.close()
     else:
       tokenizer, tok_params, tok_dir, tok_step = loading.load_frozen_tokenizer(config, workdir)
-    encode = jax.jit(lambda prm, f: tokenizer.apply(
-        {"params": prm}, f.astype(jnp.float32) / 255.0, method=Tokenizer.encode)[1])
     token_tag = loading.tokenizer_cache_tag(tok_dir, tok_step, tok_params)
     tokens_dir = config.lam.get("token_cache_dir", "") or os.path.join(workdir, "tokens")
-    tokens_lib.cache_tokens(config.data.dir, tokens_dir, lambda f: encode(tok_params, f),
-                            tag=token_tag)
+    loading.cache_frozen_tokens(tokenizer, tok_params, token_tag, config.data.dir, tokens_dir)
 
     # Every active train transition of the demonstrations, and the labelled draw.
     length = meta["config"]["episode_length"]
