@@ -176,7 +176,7 @@ class PolicyExperiment(runner.Experiment):
     identity = _config_identity(config)
     evaluation = runner.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
-      runner.write_json(stored_path, dict(config=identity, evaluation=evaluation))
+      runner.write_json(stored_path, _stored(identity, evaluation))
       return evaluation
     stored = runner.read_json(stored_path)
     if (stored and _without_machine_keys(stored.get("config", {})) == identity
@@ -198,7 +198,7 @@ class PolicyExperiment(runner.Experiment):
     runner.release_memory()
     if summary.get("preempted"):
       sys.exit(143)
-    runner.write_json(stored_path, dict(config=identity, evaluation=summary["evaluation"]))
+    runner.write_json(stored_path, _stored(identity, summary["evaluation"]))
     return summary["evaluation"]
 
   def stored_evaluation_path(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
@@ -222,6 +222,14 @@ def _config_identity(config) -> dict:
   workdir has no evaluation takes the stored one if the config matches, else it trains.
   """
   return _without_machine_keys(json.loads(json.dumps(config.to_dict(), default=str)))
+
+
+def _stored(identity: dict, evaluation: dict) -> dict:
+  """What <root>/<setting>/evaluations/ keeps: the config identity, the evaluation and the
+  device it was trained on (seeds of one report may come from different machines)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
+  return dict(config=identity, evaluation=evaluation, device=device)
 
 
 def _without_machine_keys(flat: dict) -> dict:
