@@ -24,13 +24,10 @@
 #     portpicker   (the image has their other dependencies)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-OUT=${OUT:-benchmarks/device_out}
-WHEELS=${WHEELS:-benchmarks/device_wheels}
+source benchmarks/device_lib.sh  # PY, OUT, WHEELS defaults; left, install_carried_wheels.
 PEER_DIR=${PEER_DIR:-../shared/peers/torch_flam}
 STEP_TIMEOUT=${STEP_TIMEOUT:-400}  # Seconds per bench_train run (compile, waiting for the lock, 5 steps, peer).
 DEADLINE=${DEADLINE:-470}  # Seconds from the start; no run is given more than what is left.
-source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
 

@@ -23,10 +23,8 @@
 # Needs what benchmarks/device_check.sh needs (it installs the same carried wheels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-OUT=${OUT:-benchmarks/device_out}
+source benchmarks/device_lib.sh  # PY, OUT, WHEELS defaults; left, install_carried_wheels.
 WORK=${WORK:-/tmp/flam_device_experiment}
-WHEELS=${WHEELS:-benchmarks/device_wheels}
 SCRIPT=${SCRIPT:-table1.py}
 SETTING=${SETTING:-cpu}
 STEPS_SCALE=${STEPS_SCALE:-1}
@@ -37,7 +35,6 @@ KEEP_CKPT=${KEEP_CKPT:-flam,lam}  # Labels whose checkpoints come back (size: $O
 TRAIN_DEADLINE=${TRAIN_DEADLINE:-380}  # Seconds from the start when training stops.
 DEADLINE=${DEADLINE:-530}  # Seconds from the start when evaluation stops.
 # NO_REPORT=1: evaluate the labels but write no report (e.g. when $LABELS are some columns).
-source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT" "$WORK/logs"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 

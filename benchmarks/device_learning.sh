@@ -17,10 +17,8 @@
 # Needs what benchmarks/device_check.sh needs (it installs the same carried wheels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-OUT=${OUT:-benchmarks/device_out}
+source benchmarks/device_lib.sh  # PY, OUT, WHEELS defaults; left, install_carried_wheels.
 WORK=${WORK:-/tmp/flam_device_learning}
-WHEELS=${WHEELS:-benchmarks/device_wheels}
 TOY_STEPS=${TOY_STEPS:-6000}
 TOY_RUNS=${TOY_RUNS:-flam,flam:aggregator_parallel=True,wm}
 TOY_TIMEOUT=${TOY_TIMEOUT:-150}
@@ -32,7 +30,6 @@ FLAM_RUNS=${FLAM_RUNS:-autoregressive parallel}
 PAPER_SLICE=${PAPER_SLICE:-0}
 PAPER_SCRIPT=${PAPER_SCRIPT:-table1.py --setting=paper --seeds=0}
 DEADLINE=${DEADLINE:-340}  # Seconds from the start; no run is given more than what is left.
-source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT" "$WORK"
 export PYTHONUNBUFFERED=1
 

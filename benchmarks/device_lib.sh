@@ -1,4 +1,7 @@
-# Shared by benchmarks/device_*.sh (sourced, after PY, WHEELS and DEADLINE are set).
+# Shared by benchmarks/device_*.sh (sourced first; `left` reads DEADLINE when called).
+PY=${PY:-python3}
+OUT=${OUT:-benchmarks/device_out}
+WHEELS=${WHEELS:-benchmarks/device_wheels}
 
 left() {  # min($1, seconds left before the deadline $2 (default $DEADLINE)), at least 1.
   local l=$(( ${2:-$DEADLINE} - SECONDS )); [ "$l" -gt "$1" ] && l=$1; [ "$l" -lt 1 ] && l=1

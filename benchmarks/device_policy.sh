@@ -16,10 +16,8 @@
 # Needs what benchmarks/device_check.sh needs (it installs the same carried wheels).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-OUT=${OUT:-benchmarks/device_out}
+source benchmarks/device_lib.sh  # PY, OUT, WHEELS defaults; left, install_carried_wheels.
 WORK=${WORK:-/tmp/flam_device_policy}
-WHEELS=${WHEELS:-benchmarks/device_wheels}
 ROOT=${ROOT:-experiments/results/policy}
 SETTING=${SETTING:-cpu_long}
 DISTRACTORS=${DISTRACTORS:-4}
@@ -27,7 +25,6 @@ LABELS=${LABELS:-1000}
 SEEDS=${SEEDS:-0,1,2}
 MODES=${MODES:-true_actions labelled flam_v2 lam flam}
 DEADLINE=${DEADLINE:-540}  # Seconds from the start; no mode is given more than what is left.
-source benchmarks/device_lib.sh  # left, install_carried_wheels.
 mkdir -p "$OUT" "$WORK/logs" "$ROOT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
