@@ -142,7 +142,8 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # XLA:GPU schedules plain remat well (H200, batch 64, bf16: FLAM 9.7 GiB, LAM 14.7 GiB
   # peak, and 1.4-1.6x faster than 8 slices), while XLA:CPU keeps every block's recomputed
   # activations live (LAM 64 GiB, FLAM 36 GiB of temporaries), so at this size on a CPU set
-  # --config.lam.remat_chunks=8 (15 GiB each). Figures: benchmarks/RESULTS.md.
+  # --config.lam.remat_chunks=8 (15 GiB each; FLAM at batch 8 is faster with it there too,
+  # 9.99 against 12.59 s/step). Figures: benchmarks/RESULTS.md.
   config.lam.remat_chunks = 1
   config.lam.reconstruction_weight = 1.0  # OC+LAM's object-centric loss.
 
