@@ -299,7 +299,8 @@ def main(argv):
         f"jax {jax.__version__}", flush=True)
   timer = StepTimer(config)
   row = dict(stage=config.stage, variant=config.lam.variant if config.stage == "lam" else "",
-             gpu_attention=_GPU_ATTENTION.value, batch_size=config.batch_size, image_size=config.data.image_size,
+             gpu_attention=_GPU_ATTENTION.value, batch_size=config.batch_size,
+             image_size=config.data.image_size,
              window=config.data.window_length, compute_dtype=config.compute_dtype,
              model_axis_size=config.mesh.model_axis_size, devices=jax.device_count(),
              decoded_frames_per_step=decoded_frames_per_step(config), **timer.figures())

@@ -26,7 +26,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/device_lib.sh  # PY, OUT, WHEELS defaults; left, install_carried_wheels.
 PEER_DIR=${PEER_DIR:-../shared/peers/torch_flam}
-STEP_TIMEOUT=${STEP_TIMEOUT:-400}  # Seconds per bench_train run (compile, waiting for the lock, 5 steps, peer).
+# Seconds per bench_train run: compile, wait for the timing lock, 5 steps, the peer.
+STEP_TIMEOUT=${STEP_TIMEOUT:-400}
 DEADLINE=${DEADLINE:-470}  # Seconds from the start; no run is given more than what is left.
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # Peak memory is then the allocator's real peak.
@@ -43,7 +44,8 @@ fi
 
 BATCHES=${BATCHES:-64 32 16 8}
 STAGES=${STAGES:-tokenizer flam lam}  # Which of the three train steps to time.
-read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"  # More --config.key=value flags for every stage (smoke tests).
+# More --config.key=value flags for every stage (smoke tests).
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 LOCK="$OUT/timing.lock"
 
 # One train step benchmark at the largest batch of $BATCHES that compiles and runs, with
@@ -62,15 +64,16 @@ bench() {
         "${EXTRA_FLAGS[@]}" > "$log" 2>&1
       local rc=$?
       if [ $rc -eq 0 ]; then
-        { echo "$name: batch $batch, --gpu_attention=$attention"; tail -n 2 "$log"; } >> "$OUT/$name.summary"
+        { echo "$name: batch $batch, --gpu_attention=$attention"; tail -n 2 "$log"; } \
+          >> "$OUT/$name.summary"
         return 0
       fi
       if grep -qi "resource_exhausted\|out of memory" "$log"; then
         echo "$name: batch $batch does not fit, trying half" >> "$OUT/$name.summary"; break
       fi
       # Anything else (a timeout too) with cuDNN's fused attention: once more with XLA's.
-      { echo "$name: failed (rc $rc) at batch $batch, --gpu_attention=$attention:"; tail -n 5 "$log"; } \
-        >> "$OUT/$name.summary"
+      { echo "$name: failed (rc $rc) at batch $batch, --gpu_attention=$attention:"
+        tail -n 5 "$log"; } >> "$OUT/$name.summary"
       [ $attention = xla ] && return 1
       attention=xla
     done
