@@ -84,6 +84,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.num_slots = 5
   config.lam.slot_iterations = 3
   config.lam.recursive_init = True  # Sec 5.5: initialise frame t's slots from frame t-1's.
+  # Frame 0's slots: "learned" embeddings (SAVi) or "sampled" from one learned Gaussian
+  # shared by the slots (Locatello et al.; slots exchangeable, see slot_attention.py).
+  config.lam.slot_init = "learned"
   config.lam.temporal_attention = arg == "flam_v2"  # Causal attention over time in slots.
   config.lam.slot_matching = "none"  # none | distribution | hungarian | contrastive (App. E).
   config.lam.slot_matching_weight = 1.0

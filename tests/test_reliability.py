@@ -73,6 +73,7 @@ BAD_LAM_VALUES = [
     ("lam.action_levels", (2, 1), "lam.action_levels"),
     ("lam.action_kind", "vq", "lam.action_kind='vq'"),
     ("lam.slot_matching", "greedy", "lam.slot_matching='greedy'"),
+    ("lam.slot_init", "random", "lam.slot_init='random'"),
     ("lam.kl_weight", -1.0, "lam.kl_weight=-1.0"),
     ("lam.prediction_steps", 0, "lam.prediction_steps=0"),
     ("lam.subtoken_sizes", (), "lam.subtoken_sizes=()"),

@@ -223,3 +223,33 @@ def test_factorizer_bf16_runs_finite(fac_params):
   # Close to the float32 result with the same params.
   slots32, _ = _fac_apply(True, True)(params, x)
   np.testing.assert_allclose(slots, slots32, atol=0.25)
+
+
+def test_sampled_slot_init_is_exchangeable_and_seeded():
+  """"sampled": one learned Gaussian for all K slots, noise from the "slots" rng stream
+  (a fixed key without it)."""
+  model = _factorizer(slot_init="sampled")
+  x = _rand(0, (B, T, N, DZ))
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  assert "slots_init" not in params["params"]
+  assert params["params"]["slots_init_mean"].shape == (D,)
+  assert params["params"]["slots_init_log_scale"].shape == (D,)
+  apply = jax.jit(model.apply)
+  fixed, _ = apply(params, x)
+  np.testing.assert_array_equal(fixed, apply(params, x)[0])  # Deterministic without rng.
+  a, _ = apply(params, x, rngs={"slots": jax.random.PRNGKey(1)})
+  b, _ = apply(params, x, rngs={"slots": jax.random.PRNGKey(2)})
+  assert not np.allclose(a, b, atol=1e-4)
+  # Slots of one draw differ (the noise breaks their symmetry), and the learned scale
+  # reaches the init: zero scale makes every slot start the same.
+  assert not np.allclose(a[:, 0, 0], a[:, 0, 1], atol=1e-4)
+  flat = jax.tree_util.tree_map(lambda p: p, params)  # A copy of the nested dicts.
+  flat["params"]["slots_init_log_scale"] = jnp.full((D,), -30.0)
+  same, masks = apply(flat, x, rngs={"slots": jax.random.PRNGKey(1)})
+  np.testing.assert_allclose(same[:, :, 0], same[:, :, 1], atol=1e-4)
+  np.testing.assert_allclose(masks[:, :, 0], masks[:, :, 1], atol=1e-5)
+
+
+def test_unknown_slot_init_is_refused():
+  with pytest.raises(ValueError, match="slot_init"):
+    _factorizer(slot_init="random").init(jax.random.PRNGKey(0), _rand(0, (1, 1, N, DZ)))

@@ -5,7 +5,8 @@ for N input tokens for a few iterations, each a GRU update plus a residual MLP.
 
 `Factorizer` turns the quantized tokenizer features of a clip, [B, T, N, Dz],
 into K slots per frame, s_t = SlotAttention(z_{q,t}) (Eq. 2). Frame 0 starts
-from learned slot embeddings; with `recursive_init` (the paper's default, Sec
+from learned slot embeddings (SAVi), or from slots sampled from one learned Gaussian
+shared by all K (Locatello et al.; `slot_init="sampled"`); with `recursive_init` (the paper's default, Sec
 5.5 and Appendix E) frame t > 0 starts from frame t-1's final slots, which gives
 the slots a consistent identity over time. With `temporal_attention` (the later
 version of the paper) a causal self-attention block over time then mixes each
@@ -24,6 +25,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from flam_jax.modules.transformer import MLP, SelfAttentionBlock
+
+SLOT_INITS = ("learned", "sampled")  # Frame 0's slots; see Factorizer.slot_init.
 
 
 class SlotAttention(nn.Module):
@@ -121,6 +124,12 @@ class Factorizer(nn.Module):
       2 * slot_dim. (The temporal block uses the transformer's 4x MLP.)
     recursive_init: Frame t > 0 starts from frame t-1's final slots (paper
       default) instead of the learned embeddings.
+    slot_init: "learned": K learned embeddings [K, slot_dim] (deterministic; each slot
+      can specialise, e.g. to a region). "sampled": K draws from N(mu, sigma^2) with mu
+      and sigma learned and shared by the slots (Locatello et al., 2020), so slots are
+      exchangeable and compete for objects by content. The noise comes from the "slots"
+      rng stream when one is given (training), else from a fixed key (evaluation is
+      deterministic).
     temporal_attention: Apply a causal self-attention block over time to each
       slot after slot attention (later version of the paper).
     num_heads: Heads of the temporal attention block.
@@ -132,6 +141,7 @@ class Factorizer(nn.Module):
   num_iterations: int = 3
   mlp_dim: Optional[int] = None
   recursive_init: bool = True
+  slot_init: str = "learned"
   temporal_attention: bool = False
   num_heads: int = 4
   dtype: jnp.dtype = jnp.float32
@@ -164,10 +174,22 @@ class Factorizer(nn.Module):
         nn.LayerNorm(dtype=jnp.float32, name="ln_input")(x_btnd))
     x_btnd = x_btnd.astype(jnp.float32)
 
-    # Learned initial slots (SAVi's ParamStateInit, normal init), shared over B.
-    init_kd = self.param("slots_init", nn.initializers.normal(1.0),
-                         (self.num_slots, self.slot_dim), jnp.float32)
-    init_bkd = jnp.broadcast_to(init_kd, (batch,) + init_kd.shape)
+    if self.slot_init == "learned":
+      # Learned initial slots (SAVi's ParamStateInit, normal init), shared over B.
+      init_kd = self.param("slots_init", nn.initializers.normal(1.0),
+                           (self.num_slots, self.slot_dim), jnp.float32)
+      init_bkd = jnp.broadcast_to(init_kd, (batch,) + init_kd.shape)
+    elif self.slot_init == "sampled":
+      mean_d = self.param("slots_init_mean", nn.initializers.normal(1.0),
+                          (self.slot_dim,), jnp.float32)
+      log_scale_d = self.param("slots_init_log_scale", nn.initializers.zeros,
+                               (self.slot_dim,), jnp.float32)
+      rng = (self.make_rng("slots") if self.has_rng("slots")
+             else jax.random.PRNGKey(0))
+      noise_bkd = jax.random.normal(rng, (batch, self.num_slots, self.slot_dim), jnp.float32)
+      init_bkd = mean_d + jnp.exp(log_scale_d) * noise_bkd
+    else:
+      raise ValueError(f"unknown slot_init {self.slot_init!r}; use one of {SLOT_INITS}")
 
     slot_attention = SlotAttention(
         num_iterations=self.num_iterations, mlp_dim=mlp_dim, dtype=self.dtype,

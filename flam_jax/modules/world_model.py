@@ -87,6 +87,7 @@ class LatentActionWorldModel(nn.Module):
   num_slots: int = 4
   slot_iterations: int = 3
   recursive_init: bool = True
+  slot_init: str = "learned"  # or "sampled" (see slot_attention.Factorizer).
   temporal_attention: bool = False
   # Latent action bottleneck.
   action_kind: str = "fsq"            # "fsq" or "gaussian".
@@ -131,7 +132,8 @@ class LatentActionWorldModel(nn.Module):
             num_patches=self.num_patches, feature_dim=self.feature_dim, dtype=self.dtype)
       self.factorizer = Factorizer(
           num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
-          recursive_init=self.recursive_init, temporal_attention=self.temporal_attention,
+          recursive_init=self.recursive_init, slot_init=self.slot_init,
+          temporal_attention=self.temporal_attention,
           num_heads=self.num_heads, dtype=self.dtype)
     else:
       self.token_proj = nn.Dense(self.d_model, dtype=self.dtype)

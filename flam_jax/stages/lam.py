@@ -152,7 +152,8 @@ class LatentActionStage:
     features, tokens = self.features(batch)
     out = self.model.apply({"params": params}, features, tokens, batch.get("actions"),
                            prediction_steps=lam.prediction_steps, deterministic=False,
-                           rngs={"action": rng, "dropout": jax.random.fold_in(rng, 1)})
+                           rngs={"action": rng, "dropout": jax.random.fold_in(rng, 1),
+                                 "slots": jax.random.fold_in(rng, 2)})
     b, p = tokens.shape[0], lam.prediction_steps
     metrics = {}
     prediction_loss, accuracy = self._prediction_loss(out, weighted=True)
