@@ -233,15 +233,18 @@ def _stored(identity: dict, evaluation: dict) -> dict:
 
 
 def _without_machine_keys(flat: dict) -> dict:
-  """A copy of a config dict without _MACHINE_KEYS; stored identities written before a key
-  joined _MACHINE_KEYS still match."""
+  """A copy of a config dict without _MACHINE_KEYS, and without the keys added since some
+  evaluations were stored where they hold the value those runs had
+  (LatentActionStage.checkpoint_key_defaults): older stored identities still match."""
   flat = json.loads(json.dumps(flat))
-  for dotted in _MACHINE_KEYS:
+  defaults = LatentActionStage.checkpoint_key_defaults
+  for dotted in _MACHINE_KEYS + tuple(defaults):
     *parents, leaf = dotted.split(".")
     node = flat
     for key in parents:
       node = node.get(key, {})
-    node.pop(leaf, None)
+    if dotted not in defaults or node.get(leaf) == defaults[dotted]:
+      node.pop(leaf, None)
   return flat
 
 

@@ -28,6 +28,18 @@ def test_ignored_keys_may_change_or_be_missing_from_older_checkpoints():
     checkpointing.check_compatible(older, _config(), ("stage", "lam"), "/ckpt")
 
 
+def test_keys_newer_than_a_checkpoint_resume_at_their_default_only():
+  older = _config().to_dict()  # Written before lam.slot_init existed (trained as "learned").
+  defaults = {"lam.slot_init": "learned", "other.key": 1}  # other.key: not under the keys.
+  checkpointing.check_compatible(older, _config(slot_init="learned"), ("stage", "lam"), "/ckpt",
+                                 defaults=defaults)
+  with pytest.raises(CheckpointError, match=r"lam\.slot_init='learned' .* now has 'sampled'"):
+    checkpointing.check_compatible(older, _config(slot_init="sampled"), ("stage", "lam"),
+                                   "/ckpt", defaults=defaults)
+  with pytest.raises(CheckpointError, match="lam.slot_init"):  # Without the default: refused.
+    checkpointing.check_compatible(older, _config(slot_init="learned"), ("stage", "lam"), "/ckpt")
+
+
 def test_tree_fingerprint_names_the_exact_arrays():
   params = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
                       "bias": np.zeros(3, np.float32)}}

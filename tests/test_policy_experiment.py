@@ -84,6 +84,11 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
   stored = json.loads(json.dumps(identities[1]))  # Written before remat joined _MACHINE_KEYS.
   stored["lam"]["remat_chunks"] = 8
   assert policy_experiment._without_machine_keys(stored) == identities[1]
+  # lam.slot_init at its default leaves the identity as stored before the key existed.
+  assert config.lam.slot_init == "learned" and "slot_init" not in identities[1]["lam"]
+  config.lam.slot_init = "sampled"  # Not the default: a different run.
+  assert policy_experiment._config_identity(config) != identities[1]
+  config.lam.slot_init = "learned"
   config.policy.num_labels += 1
   assert policy_experiment._config_identity(config) != identities[1]
 

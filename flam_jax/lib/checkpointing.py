@@ -47,21 +47,34 @@ def _lookup(tree: dict, dotted: str):
 
 
 def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str,
-                     ignored: Iterable[str] = ()) -> None:
+                     ignored: Iterable[str] = (), defaults: Optional[Dict[str, Any]] = None
+                     ) -> None:
   """Raises CheckpointError naming the first config key (under dotted `keys`) that differs.
 
   `ignored`: dotted keys that change how a step runs but not what it computes (e.g.
   lam.remat), so a run may resume with them changed or missing from an older checkpoint.
+  `defaults`: {dotted key: value} of keys added after some checkpoints were written: a
+  saved config without the key was trained with that value (see with_defaults).
   """
   current_config = _normalise(config.to_dict())
   saved = flatten_dict({k: _lookup(saved_config, k) for k in keys})
   current = flatten_dict({k: _lookup(current_config, k) for k in keys})
+  saved = with_defaults(saved, {k: v for k, v in (defaults or {}).items() if k in current})
   for name in sorted((set(saved) | set(current)) - set(ignored)):
     if _normalise(saved.get(name)) != current.get(name):
       raise CheckpointError(
           f"checkpoint in {where} was written with config.{name}={saved.get(name)!r} but the "
           f"config now has {current.get(name)!r}; use a new --workdir, or set "
           f"--config.{name} back to match the checkpoint")
+
+
+def with_defaults(flat: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
+  """`flat` ({dotted key: value}) with each key of `defaults` it lacks set to its default:
+  the value a config written before the key existed was trained with."""
+  out = dict(flat)
+  for name, value in defaults.items():
+    out.setdefault(name, value)
+  return out
 
 
 INTEGRITY_VERSION = 1

@@ -202,7 +202,8 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   if ckpt.latest_step() is not None:
     state = ckpt.restore(abstract_like(state), data_iter, check_config=lambda saved: (
         checkpointing.check_compatible(saved, config, stage.checkpoint_keys, ckpt.directory,
-                                       ignored=getattr(stage, "checkpoint_ignored_keys", ()))))
+                                       ignored=getattr(stage, "checkpoint_ignored_keys", ()),
+                                       defaults=getattr(stage, "checkpoint_key_defaults", {}))))
     if is_chief:
       print(f"Resumed from {ckpt.directory} at step {int(jax.device_get(state.step))}",
             flush=True)

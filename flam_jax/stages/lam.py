@@ -38,6 +38,8 @@ class LatentActionStage:
   checkpoint_keys = ("stage", "lam", "tokenizer", "data.image_size", "data.window_length")
   # Same function: a memory/compute trade-off, and where the token cache lives.
   checkpoint_ignored_keys = ("lam.remat", "lam.remat_chunks", "lam.token_cache_dir")
+  # Keys added after runs were saved, and the value those runs were trained with.
+  checkpoint_key_defaults = {"lam.slot_init": "learned"}
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
