@@ -3,8 +3,11 @@
     python experiments/slot_init.py --setting=small --seeds=0,1,2
     python experiments/slot_init.py --setting=paper --seeds=0,1,2
 
-Five FLAM configs on the Table 1 Multigrid (K = number of agents + 1):
-  recursive     frame t's slots start from frame t-1's final slots (the paper's default);
+Six FLAM configs on the Table 1 Multigrid (K = number of agents + 1):
+  recursive     frame t's slots start from frame t-1's final slots (the paper's default),
+                frame 0's from K learned embeddings;
+  recursive, sampled init: the same, frame 0's slots drawn from one learned Gaussian
+                shared by the slots (Locatello et al., `lam.slot_init=sampled`);
   learned       every frame starts from the learned slot embeddings;
   + distribution / hungarian / contrastive: learned init plus one of Appendix E's slot
                 matching losses (weight lam.slot_matching_weight = 1).
@@ -28,6 +31,7 @@ from experiments import report as report_lib
 # label -> (title, lam overrides). "flam" is shared with Table 1 and Sec 5.4.
 CONFIGS = {
     "flam": ("recursive init", ()),
+    "flam_sampled_init": ("recursive, sampled init", (("lam.slot_init", "sampled"),)),
     "flam_learned_init": ("learned init", (("lam.recursive_init", False),)),
     "flam_learned_distribution": ("learned + distribution loss", (
         ("lam.recursive_init", False), ("lam.slot_matching", "distribution"))),

@@ -191,10 +191,10 @@ def test_slot_init_end_to_end(tmp_path, jax_cache):
   out = _run("slot_init.py", root, jax_cache)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results, markdown = _results(root)
-  assert len(results["stats"]) == 5
+  assert len(results["stats"]) == 6
   for label, stats in results["stats"].items():
     assert _finite(stats["psnr_t@1"]) and _finite(stats["disentanglement"]), label
-  assert "learned + Hungarian loss" in markdown
+  assert "learned + Hungarian loss" in markdown and "recursive, sampled init" in markdown
 
 
 @pytest.mark.slow
