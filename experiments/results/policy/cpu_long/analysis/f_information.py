@@ -10,7 +10,10 @@ experiments/README.md ("Why f cannot do better"). It fits f (flam_jax.lib.policy
      the slot vector.
 
     python experiments/results/policy/cpu_long/analysis/f_information.py \
-        /work/runs/policy_cpu_long/cpu_long 1
+        /work/runs/policy_cpu_long/cpu_long 1 [POLICY_RUN]
+
+POLICY_RUN (default flam_v2_1000) names the policy run under goal_policy_5a/ whose latents
+are read, e.g. flam_v2_sampledinit_1000 (slot_init_sampled.py's).
 """
 import os
 import sys
@@ -23,7 +26,8 @@ from flam_jax.lib import policy as policy_lib
 from flam_jax.modules.policy import LatentActionDecoder
 
 runs, seed = sys.argv[1], int(sys.argv[2])
-latents = np.load(f"{runs}/goal_policy_5a/flam_v2_1000/seed{seed}/policy_latents.npz")
+policy_run = sys.argv[3] if len(sys.argv) > 3 else "flam_v2_1000"
+latents = np.load(f"{runs}/goal_policy_5a/{policy_run}/seed{seed}/policy_latents.npz")
 tokens = pipeline.WindowSource(f"{runs}/goal_tokenizer_5a/tokens", "train", window_length=16,
                                fields=("actions",))
 data = pipeline.WindowSource(f"{runs}/goal_data_5a", "train", window_length=16,
