@@ -6,9 +6,9 @@ for N input tokens for a few iterations, each a GRU update plus a residual MLP.
 `Factorizer` turns the quantized tokenizer features of a clip, [B, T, N, Dz],
 into K slots per frame, s_t = SlotAttention(z_{q,t}) (Eq. 2). Frame 0 starts
 from learned slot embeddings (SAVi), or from slots sampled from one learned Gaussian
-shared by all K (Locatello et al.; `slot_init="sampled"`); with `recursive_init` (the paper's default, Sec
-5.5 and Appendix E) frame t > 0 starts from frame t-1's final slots, which gives
-the slots a consistent identity over time. With `temporal_attention` (the later
+shared by all K (Locatello et al.; `slot_init="sampled"`); with `recursive_init` (the
+paper's default, Sec 5.5 and Appendix E) frame t > 0 starts from frame t-1's final
+slots, which gives the slots a consistent identity over time. With `temporal_attention` (the later
 version of the paper) a causal self-attention block over time then mixes each
 slot's history.
 
@@ -112,9 +112,9 @@ class Factorizer(nn.Module):
   Features are projected to `slot_dim`, given a learned positional embedding
   over the N patches, and passed through LN + MLP (as in Slot Attention / SAVi)
   before slot attention. Initial slots are learned embeddings [K, slot_dim]
-  (deterministic, so they also break slot symmetry). The parameter tree is the
-  same for every `recursive_init` / `temporal_attention` setting apart from the
-  extra `temporal_attention` block.
+  (deterministic, so they also break slot symmetry), or draws from a learned Gaussian
+  (`slot_init`). The parameter tree is the same for every `recursive_init` /
+  `temporal_attention` setting apart from the extra `temporal_attention` block.
 
   Attributes:
     num_slots: K, the number of factors.
@@ -129,7 +129,8 @@ class Factorizer(nn.Module):
       and sigma learned and shared by the slots (Locatello et al., 2020), so slots are
       exchangeable and compete for objects by content. The noise comes from the "slots"
       rng stream when one is given (training), else from a fixed key (evaluation is
-      deterministic).
+      deterministic). Without `recursive_init` every frame of a clip starts from the
+      clip's one draw.
     temporal_attention: Apply a causal self-attention block over time to each
       slot after slot attention (later version of the paper).
     num_heads: Heads of the temporal attention block.
