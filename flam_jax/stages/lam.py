@@ -39,7 +39,7 @@ class LatentActionStage:
   # Same function: a memory/compute trade-off, and where the token cache lives.
   checkpoint_ignored_keys = ("lam.remat", "lam.remat_chunks", "lam.token_cache_dir")
   # Keys added after runs were saved, and the value those runs were trained with.
-  checkpoint_key_defaults = {"lam.slot_init": "learned"}
+  checkpoint_key_defaults = models.LAM_KEY_DEFAULTS
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
