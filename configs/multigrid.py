@@ -87,6 +87,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # Frame 0's slots: "learned" embeddings (SAVi) or "sampled" from one learned Gaussian
   # shared by the slots (Locatello et al.; slots exchangeable, see slot_attention.py).
   config.lam.slot_init = "learned"
+  # Iterations for frame 0 (every frame without recursive_init), which starts from the
+  # initial slots instead of t-1's; 0 means slot_iterations.
+  config.lam.init_slot_iterations = 0
   config.lam.temporal_attention = arg == "flam_v2"  # Causal attention over time in slots.
   config.lam.slot_matching = "none"  # none | distribution | hungarian | contrastive (App. E).
   config.lam.slot_matching_weight = 1.0

@@ -253,3 +253,42 @@ def test_sampled_slot_init_is_exchangeable_and_seeded():
 def test_unknown_slot_init_is_refused():
   with pytest.raises(ValueError, match="slot_init"):
     _factorizer(slot_init="random").init(jax.random.PRNGKey(0), _rand(0, (1, 1, N, DZ)))
+
+
+INIT_ITERS = 3  # Iterations for frames that start from the initial slots.
+
+
+@pytest.mark.parametrize("recursive_init", [True, False])
+def test_init_iterations_refine_only_frames_that_start_from_the_initial_slots(
+    fac_params, recursive_init):
+  """With recursion frame 0 gets INIT_ITERS iterations and later frames FAC_ITERS from
+  t-1's slots; without it every frame gets INIT_ITERS. Same parameters as the default."""
+  params, x = fac_params
+  model = _factorizer(recursive_init=recursive_init, init_iterations=INIT_ITERS)
+  key = jax.random.PRNGKey(0)
+  shapes = lambda p: jax.tree_util.tree_map(jnp.shape, p)
+  assert shapes(jax.eval_shape(model.init, key, x)) == shapes(
+      jax.eval_shape(_factorizer(recursive_init=recursive_init).init, key, x))
+  slots, masks = jax.jit(model.apply)(params, x)
+
+  # The slot-attention inputs, as test_factorizer_recursion_equals_manual_recursion gets them.
+  _, state = jax.jit(functools.partial(
+      _factorizer().apply, capture_intermediates=lambda mdl, _: mdl.name == "input_mlp",
+      mutable=["intermediates"]))(params, x)
+  tokens_btnd = state["intermediates"]["input_mlp"]["__call__"][0]
+  sa_params = {"params": params["params"]["slot_attention"]}
+  init_bkd = jnp.broadcast_to(params["params"]["slots_init"], (B, K, D))
+  s_bkd = init_bkd
+  for t in range(T):
+    start_bkd = s_bkd if (recursive_init and t) else init_bkd
+    iterations = FAC_ITERS if (recursive_init and t) else INIT_ITERS
+    s_bkd, attn_bkn = _sa_apply(iterations)(sa_params, tokens_btnd[:, t], start_bkd)
+    np.testing.assert_allclose(slots[:, t], s_bkd, atol=1e-5)
+    np.testing.assert_allclose(masks[:, t], attn_bkn, atol=1e-5)
+  default_slots, _ = _fac_apply(recursive_init, False)(params, x)
+  assert not np.allclose(slots[:, 0], default_slots[:, 0], atol=1e-4)
+
+
+def test_fewer_init_iterations_than_per_frame_is_refused():
+  with pytest.raises(ValueError, match="init_iterations=0 is below num_iterations=1"):
+    _factorizer(init_iterations=0).init(jax.random.PRNGKey(0), _rand(0, (1, 1, N, DZ)))

@@ -181,6 +181,15 @@ def _heads_divide_width(config) -> Optional[str]:
   return None
 
 
+def _init_iterations_at_least_the_others(config) -> Optional[str]:
+  lam = config.lam
+  init = int(lam.get("init_slot_iterations", 0))
+  if init and init < lam.slot_iterations:
+    return (f"config.lam.init_slot_iterations={init} is below config.lam.slot_iterations="
+            f"{lam.slot_iterations}; use at least that many, or 0 for the same")
+  return None
+
+
 def _predicted_slot_reconstruction_needs_the_decoder(config) -> Optional[str]:
   lam = config.lam
   if (float(lam.get("predicted_slot_reconstruction_weight", 0.0))
@@ -201,6 +210,7 @@ LAM_RULES: Tuple[Any, ...] = (
     _pos("lam.slot_iterations"),
     Rule("lam.recursive_init", "bool"),
     Rule("lam.slot_init", "str", choices=SLOT_INITS, optional=True),
+    Rule("lam.init_slot_iterations", "int", low=0, optional=True),
     Rule("lam.temporal_attention", "bool"),
     Rule("lam.slot_matching", "str", choices=MATCHING_LOSSES),
     Rule("lam.slot_matching_weight", "float", low=0),
@@ -222,6 +232,7 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.predicted_slot_reconstruction_weight", "float", low=0, optional=True),
     Rule("lam.fdm_zero_init_actions", "bool", optional=True),
     Check("lam.num_heads", _heads_divide_width),
+    Check("lam.init_slot_iterations", _init_iterations_at_least_the_others),
     Check("lam.predicted_slot_reconstruction_weight",
           _predicted_slot_reconstruction_needs_the_decoder),
 )

@@ -50,9 +50,11 @@ class SlotAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_bnd: jnp.ndarray,
-               slots_bkd: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, inputs_bnd: jnp.ndarray, slots_bkd: jnp.ndarray,
+               num_iterations: Optional[int] = None) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Refines `slots_bkd` [B, K, D] against `inputs_bnd` [B, N, Din].
+
+    `num_iterations` overrides the attribute for this call (same parameters).
 
     Returns:
       (slots_bkd [B, K, D] float32, attn_bkn [B, K, N] float32): the refined
@@ -79,7 +81,8 @@ class SlotAttention(nn.Module):
 
     slots_bkd = slots_bkd.astype(jnp.float32)
     attn_bkn = None
-    for _ in range(self.num_iterations):
+    iterations = self.num_iterations if num_iterations is None else num_iterations
+    for _ in range(iterations):
       q_bkd = query(ln_slots(slots_bkd)) * slot_dim**-0.5  # [B, K, D]
       logits_bkn = jnp.einsum("bkd,bnd->bkn", q_bkd, k_bnd).astype(jnp.float32)
       attn_bkn = jax.nn.softmax(logits_bkn, axis=1)  # Competition over slots.
@@ -91,7 +94,7 @@ class SlotAttention(nn.Module):
       slots_bkd = slots_bkd.astype(jnp.float32)
       slots_bkd = slots_bkd + mlp(ln_mlp(slots_bkd)).astype(jnp.float32)
 
-    if attn_bkn is None:  # num_iterations == 0: report the initial attention.
+    if attn_bkn is None:  # 0 iterations: report the initial attention.
       q_bkd = query(ln_slots(slots_bkd)) * slot_dim**-0.5
       attn_bkn = jax.nn.softmax(
           jnp.einsum("bkd,bnd->bkn", q_bkd, k_bnd).astype(jnp.float32), axis=1)
@@ -120,6 +123,12 @@ class Factorizer(nn.Module):
     num_slots: K, the number of factors.
     slot_dim: d_s, the width of a slot.
     num_iterations: Slot attention iterations per frame.
+    init_iterations: Iterations for a frame whose slots start from the initial slots
+      (frame 0 with `recursive_init`, every frame without); None means `num_iterations`.
+      A frame carried over from t-1 starts near its answer, a frame from the initial
+      slots does not, most of all with `slot_init="sampled"`. The iterations share
+      their parameters, so the count can also be raised at evaluation only (as
+      Locatello et al. do at test time).
     mlp_dim: Hidden width of the input and slot-attention MLPs; None means
       2 * slot_dim. (The temporal block uses the transformer's 4x MLP.)
     recursive_init: Frame t > 0 starts from frame t-1's final slots (paper
@@ -140,6 +149,7 @@ class Factorizer(nn.Module):
   num_slots: int
   slot_dim: int
   num_iterations: int = 3
+  init_iterations: Optional[int] = None
   mlp_dim: Optional[int] = None
   recursive_init: bool = True
   slot_init: str = "learned"
@@ -195,7 +205,16 @@ class Factorizer(nn.Module):
     slot_attention = SlotAttention(
         num_iterations=self.num_iterations, mlp_dim=mlp_dim, dtype=self.dtype,
         name="slot_attention")
+    init_iterations = (self.num_iterations if self.init_iterations is None
+                       else self.init_iterations)
     if self.recursive_init:
+      if init_iterations > self.num_iterations:
+        # Frame 0's extra iterations first; the scan then gives it the usual ones.
+        init_bkd, _ = slot_attention(x_btnd[:, 0], init_bkd,
+                                     num_iterations=init_iterations - self.num_iterations)
+      elif init_iterations < self.num_iterations:
+        raise ValueError(f"init_iterations={init_iterations} is below num_iterations="
+                         f"{self.num_iterations}; use at least as many (or None)")
       # Sequential in T: scan over frames, carry = slots, params broadcast.
       scan = nn.scan(
           _slot_attention_step, variable_broadcast="params",
@@ -205,7 +224,7 @@ class Factorizer(nn.Module):
       # Frames are independent: fold T into the batch, one parallel call.
       x_bnd = x_btnd.reshape((batch * num_frames, num_patches, self.slot_dim))
       init_bkd = jnp.repeat(init_bkd, num_frames, axis=0)
-      slots_bkd, masks_bkn = slot_attention(x_bnd, init_bkd)
+      slots_bkd, masks_bkn = slot_attention(x_bnd, init_bkd, num_iterations=init_iterations)
       slots_btkd = slots_bkd.reshape(
           (batch, num_frames, self.num_slots, self.slot_dim))
       masks_btkn = masks_bkn.reshape(

@@ -86,6 +86,7 @@ class LatentActionWorldModel(nn.Module):
   # Factorizer (flam, oc_lam).
   num_slots: int = 4
   slot_iterations: int = 3
+  init_slot_iterations: int = 0  # Frames starting from the initial slots; 0: slot_iterations.
   recursive_init: bool = True
   slot_init: str = "learned"  # or "sampled" (see slot_attention.Factorizer).
   temporal_attention: bool = False
@@ -132,7 +133,7 @@ class LatentActionWorldModel(nn.Module):
             num_patches=self.num_patches, feature_dim=self.feature_dim, dtype=self.dtype)
       self.factorizer = Factorizer(
           num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
-          recursive_init=self.recursive_init, slot_init=self.slot_init,
+          init_iterations=self.init_slot_iterations or None, recursive_init=self.recursive_init, slot_init=self.slot_init,
           temporal_attention=self.temporal_attention,
           num_heads=self.num_heads, dtype=self.dtype)
     else:
