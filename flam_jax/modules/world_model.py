@@ -133,7 +133,8 @@ class LatentActionWorldModel(nn.Module):
             num_patches=self.num_patches, feature_dim=self.feature_dim, dtype=self.dtype)
       self.factorizer = Factorizer(
           num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
-          init_iterations=self.init_slot_iterations or None, recursive_init=self.recursive_init, slot_init=self.slot_init,
+          init_iterations=self.init_slot_iterations or None,
+          recursive_init=self.recursive_init, slot_init=self.slot_init,
           temporal_attention=self.temporal_attention,
           num_heads=self.num_heads, dtype=self.dtype)
     else:
