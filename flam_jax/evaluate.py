@@ -47,7 +47,8 @@ def _load_runs(workdir: str, settings: Dict[str, Any]):
   workdirs = [workdir] + _split_list(settings["workdirs"])
   for wd in workdirs:
     for step in steps:
-      stage, params, real_step = loading.load_trained(wd, step)
+      stage, params, real_step = loading.load_trained(
+          wd, step, init_slot_iterations=int(settings["init_slot_iterations"]))
       runs.append((os.path.abspath(wd), int(real_step), stage, params))
   spec = eval_step.EvalSpec.from_stage(runs[0][2])
   for wd, step, stage, _ in runs[1:]:
@@ -101,6 +102,9 @@ def format_table(results: Sequence[Dict[str, Any]], names: Sequence[str]) -> str
   lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
   if results[0].get("starts", "first") != "first":
     lines.append(f"\nRollouts from start frames: {results[0]['starts']} (eval.starts).")
+  if results[0].get("init_slot_iterations"):
+    lines.append(f"\nFrame 0's slot-attention iterations: {results[0]['init_slot_iterations']} "
+                 "(eval.init_slot_iterations; the run's own count otherwise).")
   if skipped:
     lines.append("")
   lines += [f"skipped {metric}: {why}" for metric, why in skipped.items()]
@@ -140,7 +144,8 @@ def evaluate_workdir(workdir: str, settings: Dict[str, Any],
     results = evaluator.evaluate_sweep([r[3] for r in runs], batches,
                                        [r[2].tokenizer_params for r in runs])
   for (wd, step, _, _), result in zip(runs, results):
-    result.update(workdir=wd, step=step, split=settings["split"], data_dir=data_dir)
+    result.update(workdir=wd, step=step, split=settings["split"], data_dir=data_dir,
+                  init_slot_iterations=int(settings["init_slot_iterations"]))
   names = [f"step {r[1]}" if len({x[0] for x in runs}) == 1 else f"{os.path.basename(r[0])}@{r[1]}"
            for r in runs]
   table = format_table(results, names)

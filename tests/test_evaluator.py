@@ -391,6 +391,18 @@ def test_eval_stage_through_train_py(tmp_path, data_dir):
   assert [r["step"] for r in swept["runs"]] == [1, 2]
   assert swept["runs"][1]["psnr_t"] == pytest.approx(single["psnr_t"], abs=1e-4)
 
+  # Frame 0 given more slot-attention iterations at evaluation only: the same parameters,
+  # other slots (the tiny config trains 1 iteration), said below the table.
+  config.eval.steps = ""
+  config.eval.init_slot_iterations = 3
+  more = train.run(config, workdir)
+  assert more["init_slot_iterations"] == 3 and "eval.init_slot_iterations" in more["table"]
+  assert more["ari_fg"] != pytest.approx(single["ari_fg"], abs=1e-6)
+  with pytest.raises(ConfigError, match="init_slot_iterations=-1"):
+    config.eval.init_slot_iterations = -1
+    train.run(config, workdir)
+  config.eval.init_slot_iterations = 0
+
   config.eval.spelling_mistake = 1
   with pytest.raises(ConfigError, match="spelling_mistake"):
     train.run(config, workdir)

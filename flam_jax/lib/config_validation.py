@@ -245,6 +245,7 @@ EVAL_RULES: Tuple[Rule, ...] = (
     Rule("eval.seed", "int", low=0, optional=True),
     Rule("eval.probe_steps", "int", low=0, optional=True),
     Rule("eval.starts", "str", choices=START_MODES, optional=True),
+    Rule("eval.init_slot_iterations", "int", low=0, optional=True),
 )
 
 _DATA_CHECKS = (Check("data.generate", _generated_data_is_valid),)

@@ -33,6 +33,8 @@ EVAL_DEFAULTS = dict(
     seed=0,             # Random latent actions for Delta PSNR.
     probe_steps=300,    # Full-batch gradient steps of the latent action probe.
     starts="first",     # Rollout start frames: "first" (frame 0) or "all" (training's starts).
+    init_slot_iterations=0,  # Slot-attention iterations for frame 0 (lam.init_slot_iterations;
+                             # the iterations share parameters); 0: as trained.
 )
 # frames, then the optional ground truth (headings: the probe given the agent's heading).
 DATA_FIELDS = ("frames", "masks", "actions", "headings")

@@ -16,7 +16,7 @@ from ml_collections import ConfigDict
 
 from flam_jax.data import pipeline
 from flam_jax.data import tokens as tokens_lib
-from flam_jax.errors import CheckpointError
+from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import checkpointing, models
 from flam_jax.modules.tokenizer import Tokenizer
 
@@ -88,11 +88,13 @@ def check_tokenizer_params(tokenizer, params, image_size: int, path: str, fix: s
           f"trained by an older architecture: {fix}")
 
 
-def load_trained(workdir: str,
-                 step: Optional[int] = None) -> Tuple[models.LoadedWorldModel, dict, int]:
+def load_trained(workdir: str, step: Optional[int] = None,
+                 init_slot_iterations: int = 0) -> Tuple[models.LoadedWorldModel, dict, int]:
   """(loaded world model, its params, step) trained in `workdir` (latest step by default).
 
   The loaded model carries the run's saved config, the frozen tokenizer and its parameters.
+  `init_slot_iterations` > 0 replaces the saved lam.init_slot_iterations: the slot-attention
+  iterations share their parameters, so frame 0 can be given more at evaluation only.
   """
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, "lam", "checkpoints")
@@ -104,6 +106,12 @@ def load_trained(workdir: str,
   config = ConfigDict(ckpt.restore_config(step))
   params = ckpt.restore_params(step)
   ckpt.close()
+  if init_slot_iterations:
+    if init_slot_iterations < config.lam.slot_iterations:
+      raise ConfigError(f"eval.init_slot_iterations={init_slot_iterations} is below the run's "
+                        f"lam.slot_iterations={config.lam.slot_iterations} ({workdir}); use at "
+                        "least that many, or 0 for what the run was trained with")
+    config.lam.init_slot_iterations = int(init_slot_iterations)
   tokenizer, tokenizer_params, _, _ = load_frozen_tokenizer(config, workdir)
   meta = pipeline.load_metadata(config.data.dir)
   grid = (config.data.image_size // tokenizer.stride,) * 2

@@ -127,8 +127,8 @@ class Factorizer(nn.Module):
       (frame 0 with `recursive_init`, every frame without); None means `num_iterations`.
       A frame carried over from t-1 starts near its answer, a frame from the initial
       slots does not, most of all with `slot_init="sampled"`. The iterations share
-      their parameters, so the count can also be raised at evaluation only (as
-      Locatello et al. do at test time).
+      their parameters, so the count can also be raised at evaluation only
+      (`eval.init_slot_iterations`), as Locatello et al. do at test time.
     mlp_dim: Hidden width of the input and slot-attention MLPs; None means
       2 * slot_dim. (The temporal block uses the transformer's 4x MLP.)
     recursive_init: Frame t > 0 starts from frame t-1's final slots (paper

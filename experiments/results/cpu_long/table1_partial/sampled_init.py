@@ -7,13 +7,15 @@
 # setting's own (`experiments/table1.py --setting=cpu_long` trains the same ones), not the
 # H200 tokenizer of the stored flam_v2 seeds (flam_v2_seed*.json).
 #
-#   python .../sampled_init.py train SEEDS RUNS_ROOT [FRAME0_ITERATIONS]  # e.g. train 0,2 /work/runs/t1
+#   python .../sampled_init.py train SEEDS RUNS_ROOT [FRAME0_ITERATIONS] [learned]
 #   python .../sampled_init.py eval SEEDS RUNS_ROOT [FRAME0_ITERATIONS] [learned]
 #
 # `train` trains the data, tokenizer and the seeds in order (finished ones are skipped; start
-# a second process for other seeds once the tokenizer is finished). `eval` evaluates the
-# seeds together on the test split and writes sampled_init_frame0x{N}.json here (with
-# `learned`, also the learned-init flam_v2 seeds trained on the same tokenizer, if any).
+# a second process for other seeds once the tokenizer is finished); with `learned` it trains
+# the plain flam_v2 (learned init, 2 iterations) of those seeds instead, on the same
+# tokenizer. `eval` evaluates the seeds together on the test split and writes
+# sampled_init_frame0x{N}.json here (with `learned`, also the plain flam_v2 seeds that were
+# trained).
 import json
 import os
 import sys
@@ -37,9 +39,7 @@ learned = [runner.Run(label="flam_v2", variant="flam_v2", num_agents=agents, see
            for s in seeds]
 
 if mode == "train":
-  for run in runs:
-    experiment.ensure_run(run)
-  for run in learned if with_learned else ():
+  for run in learned if with_learned else runs:
     experiment.ensure_run(run)
   sys.exit(0)
 

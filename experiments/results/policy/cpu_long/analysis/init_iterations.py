@@ -3,7 +3,8 @@
 # slot_init_sampled.py (seed from argv[1], default 2), learned and sampled init, evaluated on
 # the test split with frame 0 given 2 (as trained: lam.slot_iterations), 3, 6 and 10
 # iterations: the parameters are shared by every iteration, so this is an evaluation-only
-# change (Locatello et al. raise the iteration count at test time the same way). Later frames
+# change (eval.init_slot_iterations; Locatello et al. raise the iteration count at test time
+# the same way). Later frames
 # keep 2 (they start from t-1's slots). Writes init_iterations_seed{seed}.json beside this
 # file; finished evaluations are reused (each goes to its own folder of links to the run, not
 # to the run's eval/).
@@ -33,8 +34,9 @@ keys = ("psnr_t", "delta_psnr_t", "ari_fg", "disentanglement",
 restore_config = checkpointing.Checkpointer.restore_config
 
 
-def with_frame0_iterations(iterations, only_under=""):
-  """Checkpointer.restore_config giving world models (in `only_under`) frame-0 iterations."""
+def with_frame0_iterations(iterations, only_under):
+  """Checkpointer.restore_config giving world models (in `only_under`) frame-0 iterations:
+  the policy stage has no setting for it (evaluation has eval.init_slot_iterations)."""
   def patched(self, step=None):
     config = restore_config(self, step)
     if iterations and "lam" in config and only_under in os.path.realpath(str(self.directory)):
@@ -56,9 +58,7 @@ for init, run in (("learned", "goal_flam_v2_5a"), ("sampled", "goal_flam_v2_samp
         os.symlink(os.path.join(workdir, name), os.path.join(links, name))
     path = os.path.join(links, "eval", "metrics.json")
     if not os.path.exists(path):
-      checkpointing.Checkpointer.restore_config = with_frame0_iterations(iterations)
-      evaluate.evaluate_workdir(links, settings)
-      checkpointing.Checkpointer.restore_config = restore_config
+      evaluate.evaluate_workdir(links, dict(settings, init_slot_iterations=iterations))
     with open(path) as f:
       metrics = json.load(f)
     name = f"frame0_iterations_{iterations or 'as_trained'}"
