@@ -100,7 +100,9 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
                       "--xla_llvm_disable_expensive_passes=true")
 
 
-def _run(script, root, jax_cache, *extra, timeout=900):
+# 30 minutes: a tiny experiment takes ~3-5 on 2 idle cores, but CI machines may be shared
+# (two of them ran past 15 minutes on 2 cores shared with two trainings, 2026-12-01).
+def _run(script, root, jax_cache, *extra, timeout=1800):
   xla_flags = os.environ.get("XLA_FLAGS", "").split()
   xla_flags += [f for f in FAST_COMPILE_FLAGS if f not in xla_flags]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
