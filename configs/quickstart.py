@@ -11,7 +11,7 @@ per_stage.tokenizer. 10-20 minutes on 2 CPU cores.
 Sized so that the method can work, not only run (measured 2026-11-29, experiments/README.md),
 though at this size it works on some seeds and CPU models and not others: FLAM uses its
 actions once its slots bind to the agents, which at lr 1e-3 happened in 1 of 6 runs (3 seeds
-on an AMD CPU, 3 on an Intel one) and at lr 2e-3 in 2 of 3 (Intel). The tokenizer needs
+on an AMD CPU, 3 on an Intel one) and at lr 2e-3 in 2 of 4 (Intel). The tokenizer needs
 ~1500 steps at lr 2e-3 before its codes tell the agents' headings apart (1000 steps at 1e-3
 left turns invisible in the tokens), and FLAM overfits 100 episodes (train accuracy 0.998,
 test below copy).
@@ -56,8 +56,9 @@ def get_config(arg: str = "flam"):
 
   config.eval.window_stride = 2
   # 2e-3: the slots bind to the agents sooner, and the actions are used once they do. On a
-  # 2-core Intel CPU, seeds 0-2: bound in 2 of 3 runs (Delta PSNR_1 1.60 +- 1.37 dB) against
-  # 0 of 3 at 1e-3 (-0.07 +- 0.11 dB); experiments/README.md, "the quickstart across seeds".
+  # 2-core Intel CPU: used in 2 of 4 runs (seeds 0-3, Delta PSNR_1 1.19 +- 1.38 dB) against
+  # 0 of 3 at 1e-3 (seeds 0-2, -0.07 +- 0.11 dB); experiments/README.md, "the quickstart
+  # across seeds".
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 50
   return config
