@@ -90,6 +90,9 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # Iterations for frame 0 (every frame without recursive_init), which starts from the
   # initial slots instead of t-1's; 0 means slot_iterations.
   config.lam.init_slot_iterations = 0
+  # How a patch's position enters slot attention: "learned" (a free vector per patch) or
+  # "grid" (a Dense map of its grid coordinates, Slot Attention's soft position embedding).
+  config.lam.slot_position_embedding = "learned"
   config.lam.temporal_attention = arg == "flam_v2"  # Causal attention over time in slots.
   config.lam.slot_matching = "none"  # none | distribution | hungarian | contrastive (App. E).
   config.lam.slot_matching_weight = 1.0

@@ -74,6 +74,7 @@ BAD_LAM_VALUES = [
     ("lam.action_kind", "vq", "lam.action_kind='vq'"),
     ("lam.slot_matching", "greedy", "lam.slot_matching='greedy'"),
     ("lam.slot_init", "random", "lam.slot_init='random'"),
+    ("lam.slot_position_embedding", "sine", "lam.slot_position_embedding='sine'"),
     ("lam.init_slot_iterations", -1, "lam.init_slot_iterations=-1"),
     ("lam.init_slot_iterations", 1, "init_slot_iterations=1 is below config.lam.slot_iterations"),
     ("lam.kl_weight", -1.0, "lam.kl_weight=-1.0"),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flam_jax.modules.slot_attention import Factorizer, SlotAttention
+from flam_jax.modules.slot_attention import Factorizer, SlotAttention, patch_grid
 
 B, T, N, DZ, K, D = 2, 4, 8, 5, 3, 16
 ITERS, FAC_ITERS = 2, 1  # Slot-attention iterations (fewer compile faster).
@@ -253,6 +253,36 @@ def test_sampled_slot_init_is_exchangeable_and_seeded():
 def test_unknown_slot_init_is_refused():
   with pytest.raises(ValueError, match="slot_init"):
     _factorizer(slot_init="random").init(jax.random.PRNGKey(0), _rand(0, (1, 1, N, DZ)))
+
+
+def test_patch_grid_is_row_major_coordinates():
+  grid = np.asarray(patch_grid(9))
+  assert grid.shape == (9, 4)
+  np.testing.assert_allclose(grid[0], [0, 0, 1, 1])  # Top left: (y, x, 1 - y, 1 - x).
+  np.testing.assert_allclose(grid[2], [0, 1, 1, 0])  # Top right.
+  np.testing.assert_allclose(grid[3], [0.5, 0, 0.5, 1])  # Row 1, column 0.
+  with pytest.raises(ValueError, match="square token grid"):
+    patch_grid(8)
+
+
+def test_grid_position_embedding_replaces_the_free_one_and_is_smooth():
+  """"grid": positions come from a Dense map of the coordinates, so a patch's neighbour
+  starts nearer to it than a far patch does (with "learned" they are unrelated)."""
+  n = 16
+  x = _rand(0, (B, T, n, DZ))
+  model = _factorizer(position_embedding="grid")
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), x)["params"]
+  assert "pos_embedding" not in params
+  kernel, bias = params["pos_grid"]["kernel"], params["pos_grid"]["bias"]
+  assert kernel.shape == (4, D)
+  emb = np.asarray(patch_grid(n) @ kernel + bias)
+  dist = lambda i, j: np.linalg.norm(emb[i] - emb[j])
+  assert dist(0, 1) < dist(0, 3) and dist(0, 4) < dist(0, 12)  # Along a row, a column.
+  slots, masks = jax.jit(model.apply)({"params": params}, x)
+  assert slots.shape == (B, T, K, D) and masks.shape == (B, T, K, n)
+  assert np.all(np.isfinite(slots))
+  with pytest.raises(ValueError, match="position_embedding"):
+    _factorizer(position_embedding="sine").init(jax.random.PRNGKey(0), x)
 
 
 INIT_ITERS = 3  # Iterations for frames that start from the initial slots.

@@ -15,7 +15,7 @@ from ml_collections import ConfigDict
 from flam_jax.errors import ConfigError
 from flam_jax.lib.eval_step import START_MODES
 from flam_jax.modules.latent_action import BOTTLENECK_KINDS
-from flam_jax.modules.slot_attention import SLOT_INITS
+from flam_jax.modules.slot_attention import POSITION_EMBEDDINGS, SLOT_INITS
 from flam_jax.modules.slot_matching import MATCHING_LOSSES
 from flam_jax.modules.world_model import VARIANTS
 
@@ -211,6 +211,7 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.recursive_init", "bool"),
     Rule("lam.slot_init", "str", choices=SLOT_INITS, optional=True),
     Rule("lam.init_slot_iterations", "int", low=0, optional=True),
+    Rule("lam.slot_position_embedding", "str", choices=POSITION_EMBEDDINGS, optional=True),
     Rule("lam.temporal_attention", "bool"),
     Rule("lam.slot_matching", "str", choices=MATCHING_LOSSES),
     Rule("lam.slot_matching_weight", "float", low=0),

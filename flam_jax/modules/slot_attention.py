@@ -27,6 +27,19 @@ import flax.linen as nn
 from flam_jax.modules.transformer import MLP, SelfAttentionBlock
 
 SLOT_INITS = ("learned", "sampled")  # Frame 0's slots; see Factorizer.slot_init.
+POSITION_EMBEDDINGS = ("learned", "grid")  # See Factorizer.position_embedding.
+
+
+def patch_grid(num_patches: int) -> jnp.ndarray:
+  """[N, 4] coordinates (y, x, 1 - y, 1 - x) in [0, 1] of a square grid of N patches,
+  row-major like the tokenizer's tokens (Locatello et al.'s `build_grid`)."""
+  side = int(round(num_patches**0.5))
+  if side * side != num_patches:
+    raise ValueError(f"position_embedding='grid' needs a square token grid; got "
+                     f"N={num_patches} patches (use position_embedding='learned')")
+  ramp = jnp.linspace(0.0, 1.0, side)
+  y_n, x_n = [a.reshape(-1) for a in jnp.meshgrid(ramp, ramp, indexing="ij")]
+  return jnp.stack([y_n, x_n, 1.0 - y_n, 1.0 - x_n], axis=-1)
 
 
 class SlotAttention(nn.Module):
@@ -142,6 +155,11 @@ class Factorizer(nn.Module):
       clip's one draw.
     temporal_attention: Apply a causal self-attention block over time to each
       slot after slot attention (later version of the paper).
+    position_embedding: How a patch's position enters its features. "learned": one free
+      [N, slot_dim] vector per patch (unit scale), so neighbouring patches start unrelated.
+      "grid": a Dense map of the patch's grid coordinates (the soft position embedding of
+      Slot Attention and SAVi), so neighbouring patches start with similar keys and a slot
+      that follows an object from frame t-1 to t meets a nearby position.
     num_heads: Heads of the temporal attention block.
     dtype: Compute dtype of the matmuls.
   """
@@ -154,6 +172,7 @@ class Factorizer(nn.Module):
   recursive_init: bool = True
   slot_init: str = "learned"
   temporal_attention: bool = False
+  position_embedding: str = "learned"
   num_heads: int = 4
   dtype: jnp.dtype = jnp.float32
 
@@ -178,8 +197,15 @@ class Factorizer(nn.Module):
     # frames of the same agents differ only in positions). At 0.02, the usual scale for
     # transformer tokens, the slots of different videos were nearly identical at init and
     # the latent actions collapsed to codes that depended on t and the slot only.
-    pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
-                        (num_patches, self.slot_dim), jnp.float32)
+    if self.position_embedding == "learned":
+      pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
+                          (num_patches, self.slot_dim), jnp.float32)
+    elif self.position_embedding == "grid":
+      pos_nd = nn.Dense(self.slot_dim, dtype=jnp.float32, name="pos_grid")(
+          patch_grid(num_patches))
+    else:
+      raise ValueError(f"unknown position_embedding {self.position_embedding!r}; use one of "
+                       f"{POSITION_EMBEDDINGS}")
     x_btnd = x_btnd.astype(jnp.float32) + pos_nd
     x_btnd = MLP(mlp_dim, dtype=self.dtype, name="input_mlp")(
         nn.LayerNorm(dtype=jnp.float32, name="ln_input")(x_btnd))

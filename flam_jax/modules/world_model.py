@@ -89,6 +89,7 @@ class LatentActionWorldModel(nn.Module):
   init_slot_iterations: int = 0  # Frames starting from the initial slots; 0: slot_iterations.
   recursive_init: bool = True
   slot_init: str = "learned"  # or "sampled" (see slot_attention.Factorizer).
+  slot_position_embedding: str = "learned"  # or "grid" (see slot_attention.Factorizer).
   temporal_attention: bool = False
   # Latent action bottleneck.
   action_kind: str = "fsq"            # "fsq" or "gaussian".
@@ -136,6 +137,7 @@ class LatentActionWorldModel(nn.Module):
           init_iterations=self.init_slot_iterations or None,
           recursive_init=self.recursive_init, slot_init=self.slot_init,
           temporal_attention=self.temporal_attention,
+          position_embedding=self.slot_position_embedding,
           num_heads=self.num_heads, dtype=self.dtype)
     else:
       self.token_proj = nn.Dense(self.d_model, dtype=self.dtype)
