@@ -53,6 +53,9 @@ def get_config(arg: str = "flam"):
   config.lam.prediction_steps = 2
   config.lam.remat = False  # Small enough to keep activations; faster on a CPU.
   config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
+  # The free per-patch position vector: "grid" (configs/multigrid.py's, which made FLAM
+  # learn with 4 agents) did not bind seed 1's slots here either (one seed tried).
+  config.lam.slot_position_embedding = "learned"
 
   config.eval.window_stride = 2
   # 2e-3: the slots bind to the agents sooner, and the actions are used once they do. On a

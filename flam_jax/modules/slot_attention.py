@@ -125,8 +125,8 @@ def _slot_attention_step(module, carry_bkd, inputs_bnd):
 class Factorizer(nn.Module):
   """Per-frame slot attention over tokenizer features (Eq. 2, Appendix E).
 
-  Features are projected to `slot_dim`, given a learned positional embedding
-  over the N patches, and passed through LN + MLP (as in Slot Attention / SAVi)
+  Features are projected to `slot_dim`, given a positional embedding over the N
+  patches (`position_embedding`), and passed through LN + MLP (as in Slot Attention / SAVi)
   before slot attention. Initial slots are learned embeddings [K, slot_dim]
   (deterministic, so they also break slot symmetry), or draws from a learned Gaussian
   (`slot_init`). The parameter tree is the same for every `recursive_init` /
