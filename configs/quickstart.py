@@ -54,7 +54,8 @@ def get_config(arg: str = "flam"):
   config.lam.remat = False  # Small enough to keep activations; faster on a CPU.
   config.lam.scene_action_levels = (4, 4)  # 16 = 4 actions ^ 2 agents.
   # The free per-patch position vector: "grid" (configs/multigrid.py's, which made FLAM
-  # learn with 4 agents) did not bind seed 1's slots here either (one seed tried).
+  # learn with 4 agents) was no better here on seeds 0 / 1 / 3 (Delta PSNR_1 1.09 / -0.05 /
+  # 0.01 against 2.15 / 0.04 / -0.02; experiments/README.md, Table 1, cpu setting).
   config.lam.slot_position_embedding = "learned"
 
   config.eval.window_stride = 2
