@@ -21,7 +21,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 4)))
 from experiments import runner, settings  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_string("root", "/work/runs/cpu4", "Folder of the data, tokenizer and runs.")
+flags.DEFINE_string("root", None, "Folder of the data, tokenizer and runs.", required=True)
 flags.DEFINE_string("label", "flam", "Run label (its workdir is <root>/cpu/<label>_4a/seed<k>).")
 flags.DEFINE_string("variant", "flam", "Variant of configs/multigrid.py.")
 flags.DEFINE_integer("seed", 0, "Seed.")
