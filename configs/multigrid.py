@@ -102,6 +102,8 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # flam, oc_lam: weight of the spatial-broadcast feature reconstruction of each frame
   # from its own slots (DINOSAUR-style alpha masks; binds slots to objects). 0: off.
   config.lam.slot_reconstruction_weight = 1.0
+  # ... and how that decoder places a slot at each patch: "learned" or "grid", as above.
+  config.lam.slot_decoder_position_embedding = "learned"
   # flam, oc_lam: weight of the same decoder's reconstruction of frame t+1's features from
   # the FDM's predicted slots (a dense per-slot dynamics signal; needs the one above). 0: off.
   # Our addition, on for the regression variants: on the toy of tests/test_learning.py

@@ -75,6 +75,7 @@ BAD_LAM_VALUES = [
     ("lam.slot_matching", "greedy", "lam.slot_matching='greedy'"),
     ("lam.slot_init", "random", "lam.slot_init='random'"),
     ("lam.slot_position_embedding", "sine", "lam.slot_position_embedding='sine'"),
+    ("lam.slot_decoder_position_embedding", "sine", "lam.slot_decoder_position_embedding="),
     ("lam.init_slot_iterations", -1, "lam.init_slot_iterations=-1"),
     ("lam.init_slot_iterations", 1, "init_slot_iterations=1 is below config.lam.slot_iterations"),
     ("lam.kl_weight", -1.0, "lam.kl_weight=-1.0"),

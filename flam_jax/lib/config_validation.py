@@ -212,6 +212,8 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.slot_init", "str", choices=SLOT_INITS, optional=True),
     Rule("lam.init_slot_iterations", "int", low=0, optional=True),
     Rule("lam.slot_position_embedding", "str", choices=POSITION_EMBEDDINGS, optional=True),
+    Rule("lam.slot_decoder_position_embedding", "str", choices=POSITION_EMBEDDINGS,
+         optional=True),
     Rule("lam.temporal_attention", "bool"),
     Rule("lam.slot_matching", "str", choices=MATCHING_LOSSES),
     Rule("lam.slot_matching_weight", "float", low=0),

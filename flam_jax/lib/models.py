@@ -24,7 +24,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # world model is built with it where a saved config lacks the key, and such a checkpoint
 # resumes under a config that holds it (LatentActionStage.checkpoint_key_defaults).
 LAM_KEY_DEFAULTS = {"lam.slot_init": "learned", "lam.init_slot_iterations": 0,
-                    "lam.slot_position_embedding": "learned"}
+                    "lam.slot_position_embedding": "learned",
+                    "lam.slot_decoder_position_embedding": "learned"}
 
 
 def compute_dtype(config: ConfigDict):
@@ -71,6 +72,9 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
                                        LAM_KEY_DEFAULTS["lam.init_slot_iterations"])),
       slot_position_embedding=str(lam.get(
           "slot_position_embedding", LAM_KEY_DEFAULTS["lam.slot_position_embedding"])),
+      slot_decoder_position_embedding=str(lam.get(
+          "slot_decoder_position_embedding",
+          LAM_KEY_DEFAULTS["lam.slot_decoder_position_embedding"])),
       action_kind=lam.action_kind, action_levels=tuple(lam.action_levels),
       action_latent_dim=lam.action_latent_dim,
       scene_action_levels=tuple(lam.scene_action_levels), num_agents=num_agents,

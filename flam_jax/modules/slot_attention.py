@@ -42,6 +42,23 @@ def patch_grid(num_patches: int) -> jnp.ndarray:
   return jnp.stack([y_n, x_n, 1.0 - y_n, 1.0 - x_n], axis=-1)
 
 
+def patch_position_embedding(module: nn.Module, kind: str, num_patches: int,
+                             dim: int) -> jnp.ndarray:
+  """[N, dim] position vector of each patch, with its parameters in `module`.
+
+  "learned": one free unit-scale vector per patch (param `pos_embedding`); "grid": a Dense
+  of the patch's grid coordinates (`patch_grid`, submodule `pos_grid`), Slot Attention's
+  soft position embedding, under which neighbouring patches start with similar vectors.
+  Call it from `module`'s `nn.compact` method (the Dense is made in that scope).
+  """
+  if kind == "learned":
+    return module.param("pos_embedding", nn.initializers.normal(1.0), (num_patches, dim),
+                        jnp.float32)
+  if kind == "grid":
+    return nn.Dense(dim, dtype=jnp.float32, name="pos_grid")(patch_grid(num_patches))
+  raise ValueError(f"unknown position_embedding {kind!r}; use one of {POSITION_EMBEDDINGS}")
+
+
 class SlotAttention(nn.Module):
   """Iterative slot attention (Locatello et al., 2020, Alg. 1).
 
@@ -197,15 +214,7 @@ class Factorizer(nn.Module):
     # frames of the same agents differ only in positions). At 0.02, the usual scale for
     # transformer tokens, the slots of different videos were nearly identical at init and
     # the latent actions collapsed to codes that depended on t and the slot only.
-    if self.position_embedding == "learned":
-      pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
-                          (num_patches, self.slot_dim), jnp.float32)
-    elif self.position_embedding == "grid":
-      pos_nd = nn.Dense(self.slot_dim, dtype=jnp.float32, name="pos_grid")(
-          patch_grid(num_patches))
-    else:
-      raise ValueError(f"unknown position_embedding {self.position_embedding!r}; use one of "
-                       f"{POSITION_EMBEDDINGS}")
+    pos_nd = patch_position_embedding(self, self.position_embedding, num_patches, self.slot_dim)
     x_btnd = x_btnd.astype(jnp.float32) + pos_nd
     x_btnd = MLP(mlp_dim, dtype=self.dtype, name="input_mlp")(
         nn.LayerNorm(dtype=jnp.float32, name="ln_input")(x_btnd))

@@ -1,7 +1,8 @@
 """Spatial-broadcast feature decoder with per-slot alpha masks (DINOSAUR, Seitzer et al. 2023).
 
 An auxiliary of the factorizer: each slot s^k is broadcast to the N patches, added to
-a learned positional embedding and decoded by a shared MLP into a feature vector and an
+a position embedding of the patch (a free vector per patch as in DINOSAUR, or Slot
+Attention's Dense of the grid coordinates: `position_embedding`) and decoded by a shared MLP into a feature vector and an
 alpha logit; a softmax over the K slots turns the logits into masks, and the frame's
 tokenizer features are reconstructed as z_hat^n = sum_k alpha_k^n f_k^n. To explain a
 patch, a slot must hold its position and content, and the masks make slots compete for
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from flam_jax.modules.slot_attention import patch_position_embedding
 from flam_jax.modules.transformer import MLP
 
 
@@ -25,14 +27,14 @@ class SpatialBroadcastDecoder(nn.Module):
   num_patches: int
   feature_dim: int
   hidden_dim: int = 0  # 0: 2 * D.
+  position_embedding: str = "learned"  # or "grid" (slot_attention.patch_position_embedding).
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, slots_bkd: jnp.ndarray):
     chex.assert_rank(slots_bkd, 3)
     b, k, d = slots_bkd.shape
-    pos_nd = self.param("pos_embedding", nn.initializers.normal(1.0),
-                        (self.num_patches, d), jnp.float32)
+    pos_nd = patch_position_embedding(self, self.position_embedding, self.num_patches, d)
     x_bknd = slots_bkd[:, :, None, :].astype(jnp.float32) + pos_nd
     x_bknd = nn.gelu(MLP(self.hidden_dim or 2 * d, dtype=self.dtype, name="mlp")(x_bknd))
     out_bknf = nn.Dense(self.feature_dim + 1, dtype=self.dtype, name="out")(x_bknd)

@@ -110,6 +110,7 @@ class LatentActionWorldModel(nn.Module):
   # Slot variants: also reconstruct each frame's features from its own slots through a
   # spatial-broadcast decoder with alpha masks (binding, see slot_decoder.py).
   slot_reconstruction: bool = False
+  slot_decoder_position_embedding: str = "learned"  # or "grid" (see slot_decoder.py).
   # ... and the next frame's features from the FDM's predicted slots, through the same
   # decoder: a dense per-slot signal for the FDM that needs no aggregator.
   predicted_slot_reconstruction: bool = False
@@ -131,7 +132,8 @@ class LatentActionWorldModel(nn.Module):
     if self.variant in FACTORED_ENTITIES:
       if self.slot_reconstruction:
         self.slot_decoder = SpatialBroadcastDecoder(
-            num_patches=self.num_patches, feature_dim=self.feature_dim, dtype=self.dtype)
+            num_patches=self.num_patches, feature_dim=self.feature_dim,
+            position_embedding=self.slot_decoder_position_embedding, dtype=self.dtype)
       self.factorizer = Factorizer(
           num_slots=self.num_slots, slot_dim=self.d_model, num_iterations=self.slot_iterations,
           init_iterations=self.init_slot_iterations or None,
