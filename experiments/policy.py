@@ -83,8 +83,8 @@ POLICY_SETTINGS = {
     "small": PolicySetting(32, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
                            dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
     # Table 1's cpu / cpu_long world models (64 px, 8x8 cells of 8 px, one token a cell,
-    # world models of d_model 64; cpu_long trains them 3x longer, what FLAM needed with 4
-    # agents) on 2000 demonstrations of up to 15 steps.
+    # world models of d_model 64 for 6000 steps; cpu_long 9000, what FLAM needed with 4
+    # agents before grid positions) on 2000 demonstrations of up to 15 steps.
     "cpu": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
                          dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
     "cpu_long": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),

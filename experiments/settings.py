@@ -75,8 +75,10 @@ _SETTINGS = {
     # The quickstart's recipe (configs/quickstart.py, the first size at which FLAM beat copy
     # on a CPU) with 4 agents: 64 px frames of an 8x8 grid, one token per cell (8x8
     # patches, 1024 codes), a 1500-step tokenizer at lr 2e-3 (its codes then show the
-    # headings), world models of d_model 64 for 3000 steps; about 6 minutes a world model
-    # on 2 CPU cores.
+    # headings), world models of d_model 64 for 6000 steps (3000 until 2026-12-06: with
+    # grid positions FLAM's slots bind by step ~2500 and its action gain keeps rising to
+    # step 6000; experiments/README.md, Table 1); 15-25 minutes a world model on 2 CPU
+    # cores.
     "cpu": Setting(
         name="cpu",
         common={
@@ -89,7 +91,7 @@ _SETTINGS = {
         },
         tokenizer={"num_train_steps": 1500, "batch_size": 16, "optim.learning_rate": 2e-3},
         lam={
-            "num_train_steps": 3000, "batch_size": 8, "optim.learning_rate": 1e-3,
+            "num_train_steps": 6000, "batch_size": 8, "optim.learning_rate": 1e-3,
             "data.window_length": 6, "lam.d_model": 64, "lam.num_heads": 4,
             "lam.num_blocks": 1, "lam.aggregator_blocks": 1, "lam.slot_iterations": 2,
             "lam.prediction_steps": 2, "lam.remat": False,
@@ -120,7 +122,8 @@ _SETTINGS = {
 
 
 def _cpu_long() -> Setting:
-  """The cpu setting with 5x the episodes and 3x the steps: what FLAM needed with 4 agents.
+  """The cpu setting with 5x the episodes and 9000 steps: what FLAM needed with 4 agents
+  before slot attention took grid positions.
 
   Measured 2026-11-29 (experiments/README.md): at 3000 steps the slots had not bound before
   the learning rate decayed; at 9000 steps on 400 episodes FLAM memorised them (train token
@@ -131,7 +134,7 @@ def _cpu_long() -> Setting:
   return dataclasses.replace(
       cpu, name="cpu_long", common={**cpu.common, "data.generate.episodes": 2000},
       tokenizer={**cpu.tokenizer, "num_train_steps": 3 * cpu.tokenizer["num_train_steps"]},
-      lam={**cpu.lam, "num_train_steps": 3 * cpu.lam["num_train_steps"]})
+      lam={**cpu.lam, "num_train_steps": 9000})
 
 
 _SETTINGS["cpu_long"] = _cpu_long()

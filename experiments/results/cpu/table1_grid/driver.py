@@ -1,7 +1,8 @@
-# The ad-hoc driver of the 2026-12-06 runs (results.md beside it): table1.py's runs at the
-# cpu setting, one per process, with config overrides that table1.py has no flag for. Since
-# `lam.slot_position_embedding=grid` became the default, `python experiments/table1.py
-# --setting=cpu` trains the same FLAM, LAM, WM and OC+LAM runs.
+# The ad-hoc driver of the 2026-12-06 runs (results.md beside it, and ../table1_6k/):
+# table1.py's runs at the cpu setting, one per process, with config overrides that
+# table1.py has no flag for. The 3000-step runs here were the setting's steps then
+# (`--set=num_train_steps=3000` repeats them); the 6000-step runs of ../table1_6k/ are the
+# setting's steps now, which `python experiments/table1.py --setting=cpu` trains.
 """One run of Table 1 at the cpu setting (4 agents), trained, then evaluated on the test split.
 
   python experiments/results/cpu/table1_grid/driver.py --root=RUNS --tokenizer_only
