@@ -1,13 +1,14 @@
 """Spatial-broadcast feature decoder with per-slot alpha masks (DINOSAUR, Seitzer et al. 2023).
 
-An auxiliary of the factorizer: each slot s^k is broadcast to the N patches, added to
-a position embedding of the patch (a free vector per patch as in DINOSAUR, or Slot
+An auxiliary of the factorizer: each slot s^k is broadcast to the N patches, added to a
+position embedding of the patch (a free vector per patch as in DINOSAUR, or Slot
 Attention's Dense of the grid coordinates: `position_embedding`) and decoded by a shared
-MLP into a feature vector and an alpha logit; a softmax over the K slots turns the logits into masks, and the frame's
-tokenizer features are reconstructed as z_hat^n = sum_k alpha_k^n f_k^n. To explain a
-patch, a slot must hold its position and content, and the masks make slots compete for
-patches, so slots bind to objects (FLAM's prediction loss alone rewards binding only
-through what moves, and on Multigrid one slot took the whole frame).
+MLP into a feature vector and an alpha logit; a softmax over the K slots turns the logits
+into masks, and the frame's tokenizer features are reconstructed as z_hat^n = sum_k
+alpha_k^n f_k^n. To explain a patch, a slot must hold its position and content, and the
+masks make slots compete for patches, so slots bind to objects (FLAM's prediction loss
+alone rewards binding only through what moves, and on Multigrid one slot took the whole
+frame).
 
 Dimension key: B batch (frames), K slots, N patches, D slot width, F feature width.
 """
