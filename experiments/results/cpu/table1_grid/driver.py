@@ -3,7 +3,8 @@
 # table1.py has no flag for. The 3000-step runs here were the setting's steps then
 # (`--set=num_train_steps=3000` repeats them); the 6000-step runs of ../table1_6k/ are the
 # setting's steps now, which `python experiments/table1.py --setting=cpu` trains.
-"""One run of Table 1 at the cpu setting (4 agents), trained, then evaluated on the test split.
+"""One run of Table 1 (4 agents) or Table 2 (--agents) at the cpu setting, trained, then
+evaluated on the test split.
 
   python experiments/results/cpu/table1_grid/driver.py --root=RUNS --tokenizer_only
   python experiments/results/cpu/table1_grid/driver.py --root=RUNS --label=flam_learned \
@@ -23,9 +24,10 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *["..
 from experiments import runner, settings  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string("root", None, "Folder of the data, tokenizer and runs.", required=True)
-flags.DEFINE_string("label", "flam", "Run label (its workdir is <root>/cpu/<label>_4a/seed<k>).")
+flags.DEFINE_string("label", "flam", "Run label (its workdir is <root>/cpu/<label>_<agents>a/seed<k>).")
 flags.DEFINE_string("variant", "flam", "Variant of configs/multigrid.py.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_integer("agents", 4, "Number of agents (Table 2's rows: 1, 2, 4, 8).")
 flags.DEFINE_list("set", [], "Config overrides key=value (Python literals).")
 flags.DEFINE_bool("tokenizer_only", False, "Only generate the data and train the tokenizer.")
 F = flags.FLAGS
@@ -42,9 +44,9 @@ def main(_):
     overrides.append((key, value))
   experiment = runner.Experiment("table1", settings.get_setting("cpu"), F.root)
   if F.tokenizer_only:
-    experiment.ensure_tokenizer(4)
+    experiment.ensure_tokenizer(F.agents)
     return
-  run = runner.Run(label=F.label, variant=F.variant, num_agents=4, seed=F.seed,
+  run = runner.Run(label=F.label, variant=F.variant, num_agents=F.agents, seed=F.seed,
                    overrides=tuple(overrides))
   experiment.ensure_run(run)
   metrics = experiment.evaluate([run])
