@@ -4,10 +4,11 @@
     python experiments/table2.py --setting=paper --seeds=0,1,2   # Table 4, GPU/TPU
     python experiments/table2.py --entities=1,4,16                # a subset
 
-One dataset and tokenizer per number of agents n. FLAM uses K = n slots (one factor per
-entity). LAM's scene codebook has 4 FSQ levels per agent for up to 4 agents, [4]*min(n, 4):
-4^n codes cover every joint action up to 4 agents; beyond that it stays at 256 codes
-(4^16 codes could not be trained). Writes results.md / results.json with PSNR_t=1 as
+One dataset and tokenizer per number of agents n. FLAM uses K = n + 1 slots (one factor per
+entity and one for the background, `settings.lam_config`) with Table 4's per-slot codebook
+[2, 2]; LAM's scene codebook is Table 4's [2, 2] too, whatever n
+(`settings.scene_action_levels`: one scene action must summarise every agent's move, the
+paper's setting). Writes results.md / results.json with PSNR_t=1 as
 mean +- std over seeds beside the paper's numbers, the FLAM - LAM gap, and Delta PSNR.
 """
 
@@ -102,9 +103,9 @@ def report(experiment: runner.Experiment, runs, metrics, seeds, entities) -> str
   lines = report_lib.header_lines("Table 2: number of moving entities", experiment, seeds)
   lines += [
       "PSNR at t=1 (Sec 5.6), mean ± sample std over seeds, the paper's number in brackets. "
-      "FLAM − LAM: the per-seed difference of the two models' PSNR. FLAM uses K = n slots; "
-      "LAM's scene codebook is [4]*min(n, 4) FSQ levels (4^n joint actions up to 4 agents, "
-      "capped at 256 codes). The paper's own gaps (3.35, 1.08, 4.45, 2.18, 0.63 dB) do not "
+      "FLAM − LAM: the per-seed difference of the two models' PSNR. FLAM uses K = n + 1 slots "
+      "and FSQ levels [2, 2] per slot; LAM's scene codebook is [2, 2] (4 codes) for every n. "
+      "The paper's own gaps (3.35, 1.08, 4.45, 2.18, 0.63 dB) do not "
       "grow monotonically: it claims FLAM is 'more robust' as entities increase.", "",
       report_lib.markdown_table(["# entities"] + [settings.VARIANT_TITLES[v] for v in VARIANTS]
                             + ["FLAM − LAM", "copy (no change)"], psnr_rows), "",
