@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *["..
 from experiments import runner, settings  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_string("root", None, "Folder of the data, tokenizer and runs.", required=True)
-flags.DEFINE_string("label", "flam", "Run label (its workdir is <root>/cpu/<label>_<agents>a/seed<k>).")
+flags.DEFINE_string("label", "flam",
+                    "Run label (its workdir is <root>/cpu/<label>_<agents>a/seed<k>).")
 flags.DEFINE_string("variant", "flam", "Variant of configs/multigrid.py.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("agents", 4, "Number of agents (Table 2's rows: 1, 2, 4, 8).")
