@@ -173,8 +173,8 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # (mode=labelled: the num_labels labelled transitions only; true_actions: all of them).
   config.policy = ConfigDict(dict(
       mode="pseudo_labels", lam_workdir="", num_labels=1000, decoder_hidden=64,
-      decoder_steps=500, decoder_learning_rate=3e-3, channels=(32, 64), hidden=128,
-      eval_episodes=100, eval_seed=1000))
+      decoder_steps=500, decoder_learning_rate=3e-3, decoder_validation_fraction=0.2,
+      channels=(32, 64), hidden=128, eval_episodes=100, eval_seed=1000))
   # The policy stage reads single transitions, whatever the world model's window.
   config.per_stage.policy = ConfigDict(dict(data=ConfigDict(dict(window_length=1))))
   if arg == "policy":

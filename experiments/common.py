@@ -39,8 +39,8 @@ def define_flags(default_root: str) -> None:
     return
   flags.DEFINE_enum("setting", "small", list(SETTINGS),
                     "tiny (tests), small (CPU, the 2026-11-23 runs), cpu (the quickstart recipe "
-                    "with 4 agents, CPU), cpu_long (cpu with 2000 episodes, 9000 steps) "
-                    "or paper (Table 4, GPU/TPU).")
+                    "with 4 agents, CPU), cpu_long (cpu with 2000 episodes, 9000 steps, free "
+                    "slot positions) or paper (Table 4, GPU/TPU).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of every configuration.")
   flags.DEFINE_string("root", default_root, "Folder of the workdirs and the results.")
   flags.DEFINE_string("runs_root", "", "Folder of the datasets, tokenizers and runs if not "

@@ -37,6 +37,7 @@ from experiments import common, runner, settings
 from experiments import plots as plots_lib
 from experiments import report as report_lib
 from flam_jax.stages.lam import LatentActionStage
+from flam_jax.stages.policy import PolicyStage
 
 flags.DEFINE_list("distractors", [], "Numbers of distractors (default: the setting's).")
 flags.DEFINE_list("labels", [], "Numbers of labelled transitions (default: the setting's).")
@@ -87,8 +88,11 @@ POLICY_SETTINGS = {
     # agents before grid positions) on 2000 demonstrations of up to 15 steps.
     "cpu": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
                          dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
+    # cpu_long's kept evaluations (results/policy/cpu_long) were made with f fitted to the
+    # end, before early stopping; it keeps that, so its report rebuilds from them.
     "cpu_long": PolicySetting(64, 8, 15, 2000, (0, 2, 4), (100, 300, 1000),
-                              dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
+                              dict(eval_episodes=100, channels=(32, 32), hidden=64,
+                                   decoder_validation_fraction=0.0), 10000, 64),
     # Test-only: 24 px, 6x6 cells, 16 demonstrations.
     "tiny": PolicySetting(24, 6, 7, 16, (0, 2), (5, 10),
                           dict(eval_episodes=4, decoder_steps=20, channels=(8,), hidden=16), 3, 4),
@@ -235,9 +239,9 @@ def _stored(identity: dict, evaluation: dict) -> dict:
 def _without_machine_keys(flat: dict) -> dict:
   """A copy of a config dict without _MACHINE_KEYS, and without the keys added since some
   evaluations were stored where they hold the value those runs had
-  (LatentActionStage.checkpoint_key_defaults): older stored identities still match."""
+  (the stages' checkpoint_key_defaults): older stored identities still match."""
   flat = json.loads(json.dumps(flat))
-  defaults = LatentActionStage.checkpoint_key_defaults
+  defaults = {**LatentActionStage.checkpoint_key_defaults, **PolicyStage.checkpoint_key_defaults}
   for dotted in _MACHINE_KEYS + tuple(defaults):
     *parents, leaf = dotted.split(".")
     node = flat

@@ -128,13 +128,16 @@ def _cpu_long() -> Setting:
   Measured 2026-11-29 (experiments/README.md): at 3000 steps the slots had not bound before
   the learning rate decayed; at 9000 steps on 400 episodes FLAM memorised them (train token
   accuracy 0.983, test 0.948 against copy's 0.950). About 20-30 minutes a world model on
-  2 CPU cores.
+  2 CPU cores. It keeps the free per-patch position vectors its runs were made with
+  (configs/multigrid.py's default became grid positions on 2026-12-06), so its results
+  and the policy evaluations kept from it (experiments/results/policy/cpu_long) stay
+  what this setting reproduces.
   """
   cpu = _SETTINGS["cpu"]
   return dataclasses.replace(
       cpu, name="cpu_long", common={**cpu.common, "data.generate.episodes": 2000},
       tokenizer={**cpu.tokenizer, "num_train_steps": 3 * cpu.tokenizer["num_train_steps"]},
-      lam={**cpu.lam, "num_train_steps": 9000})
+      lam={**cpu.lam, "num_train_steps": 9000, "lam.slot_position_embedding": "learned"})
 
 
 _SETTINGS["cpu_long"] = _cpu_long()

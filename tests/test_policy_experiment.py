@@ -89,6 +89,13 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
   config.lam.slot_init = "sampled"  # Not the default: a different run.
   assert policy_experiment._config_identity(config) != identities[1]
   config.lam.slot_init = "learned"
+  # Likewise f's early stopping: off (how evaluations stored before it were made) matches
+  # them, the default (on) does not.
+  assert config.policy.decoder_validation_fraction > 0
+  assert "decoder_validation_fraction" in identities[1]["policy"]
+  config.policy.decoder_validation_fraction = 0.0
+  assert "decoder_validation_fraction" not in policy_experiment._config_identity(config)["policy"]
+  config.policy.decoder_validation_fraction = 0.2
   config.policy.num_labels += 1
   assert policy_experiment._config_identity(config) != identities[1]
 

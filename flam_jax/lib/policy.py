@@ -4,7 +4,7 @@
     well a slot holds the controlled agent) for every transition of whole token episodes,
     in one jit-compiled function over chunks of episodes (padded, so it compiles once);
   fit_decoder: the latent action decoder f by full-batch AdamW on the labelled pairs,
-    one jit-compiled `lax.scan` over the steps;
+    one jit-compiled `lax.scan` over the steps, optionally stopped early on held-out labels;
   decode_labels: f's pseudo-labels (argmax) for many transitions;
   evaluate_policy: success rate and return of pi_u in the live goal task (numpy
     environments in lock step, one jit-compiled tokenizer + policy call per step).
@@ -90,34 +90,75 @@ def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elh
 
 def fit_decoder(decoder: LatentActionDecoder, actions_mka: np.ndarray,
                 keys_mkd: Optional[np.ndarray], labels_m: np.ndarray, *, steps: int,
-                learning_rate: float, seed: int, weight_decay: float = 1e-4):
-  """Trains f on labelled (latent action, true action) pairs; returns (params, metrics)."""
+                learning_rate: float, seed: int, weight_decay: float = 1e-4,
+                validation_fraction: float = 0.0):
+  """Trains f on labelled (latent action, true action) pairs; returns (params, metrics).
+
+  validation_fraction > 0: early stopping. f is first fitted on the other labelled pairs
+  for `steps` steps and scored on these after every step by its balanced accuracy (the
+  mean recall of the actions they hold, so that labelling every transition with the
+  majority action scores no better than chance); then it is fitted on all of them for the
+  number of steps that scored best (the fewest among ties). With 1000 labels f fits any
+  labels exactly and, fitted to the end, labels the other transitions worse than the
+  majority action (experiments/README.md, Sec 4.3). Plain accuracy as the criterion
+  stopped f where it labelled 89% "forward" (true: 69%), and pi_u then seldom turned.
+  """
   actions = jnp.asarray(actions_mka, jnp.float32)
   keys = None if keys_mkd is None else jnp.asarray(keys_mkd, jnp.float32)
   labels = jnp.asarray(labels_m, jnp.int32)
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
 
+  def rows(array, index):
+    return None if array is None else array[index]
+
   @jax.jit
-  def fit(rng):
-    params = decoder.init(rng, actions[:1], None if keys is None else keys[:1])["params"]
+  def fit(rng, fit_rows, score_rows, score_weights, stop_at):
+    """`steps` steps on fit_rows: (params after stop_at steps, losses, accuracies, the
+    accuracy on score_rows weighted by score_weights after each step)."""
+    a, k, y = actions[fit_rows], rows(keys, fit_rows), labels[fit_rows]
+    params = decoder.init(rng, a[:1], None if k is None else k[:1])["params"]
 
-    def loss_fn(p):
-      logits, _ = decoder.apply({"params": p}, actions, keys)
-      return cross_entropy(logits, labels)
+    def loss_fn(p, a, k, y, weights=None):
+      logits, _ = decoder.apply({"params": p}, a, k)
+      return cross_entropy(logits, y, weights)
 
-    def step(carry, _):
-      p, opt_state = carry
-      (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(p)
+    def step(carry, index):
+      p, opt_state, kept = carry
+      (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, a, k, y)
       updates, opt_state = tx.update(grads, opt_state, p)
-      return (optax.apply_updates(p, updates), opt_state), (loss, accuracy)
+      p = optax.apply_updates(p, updates)
+      _, score = loss_fn(p, actions[score_rows], rows(keys, score_rows), labels[score_rows],
+                         score_weights)
+      kept = jax.tree.map(lambda new, old: jnp.where(index + 1 == stop_at, new, old), p, kept)
+      return (p, opt_state, kept), (loss, accuracy, score)
 
-    (params, _), (losses, accuracies) = jax.lax.scan(step, (params, tx.init(params)), None,
-                                                     length=steps)
-    return params, losses, accuracies
+    (_, _, kept), curves = jax.lax.scan(step, (params, tx.init(params), params),
+                                        jnp.arange(steps))
+    return (kept,) + curves
 
-  params, losses, accuracies = jax.device_get(fit(jax.random.PRNGKey(seed)))
-  return params, dict(decoder_initial_loss=float(losses[0]), decoder_loss=float(losses[-1]),
-                      decoder_train_accuracy=float(accuracies[-1]))
+  rng = jax.random.PRNGKey(seed)
+  num = len(labels_m)
+  num_validation = int(round(validation_fraction * num))
+  metrics = {}
+  stop_at = steps
+  if validation_fraction > 0 and 1 <= num_validation < num:
+    order = np.random.default_rng([seed, 13]).permutation(num)
+    held_out, fitted = order[:num_validation], order[num_validation:]
+    counts = np.bincount(labels_m[held_out])
+    balance = 1.0 / counts[labels_m[held_out]]  # Each action present weighs the same.
+    *_, scores = jax.device_get(fit(rng, jnp.asarray(fitted), jnp.asarray(held_out),
+                                    jnp.asarray(balance, jnp.float32), steps))
+    stop_at = int(np.argmax(scores)) + 1
+    metrics.update(decoder_validation_balanced_accuracy=float(scores[stop_at - 1]),
+                   decoder_validation_balanced_accuracy_last=float(scores[-1]))
+  every = jnp.arange(num)
+  params, losses, _, fitted_accuracies = jax.device_get(
+      fit(rng, every, every, jnp.ones((num,), jnp.float32), stop_at))
+  metrics.update(decoder_initial_loss=float(losses[0]),
+                 decoder_loss=float(losses[stop_at - 1]),
+                 decoder_train_accuracy=float(fitted_accuracies[stop_at - 1]),
+                 decoder_steps_chosen=stop_at)
+  return params, metrics
 
 
 def decode_labels(decoder: LatentActionDecoder, params, actions_mka: np.ndarray,

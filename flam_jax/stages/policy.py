@@ -6,8 +6,9 @@
 |-----------------|-----------------------------------------------------------------|
 | `pseudo_labels` | f(a): the latent actions a of the world model trained in        |
 |                 | `policy.lam_workdir` (FLAM, LAM or OC+LAM; empty: this workdir),|
-|                 | decoded by f, which                                             |
-|                 | is fitted on `policy.num_labels` labelled transitions           |
+|                 | decoded by f, which is fitted on `policy.num_labels` labelled   |
+|                 | transitions (stopped early on `decoder_validation_fraction` of  |
+|                 | them, then refitted on all for the chosen number of steps)      |
 | `labelled`      | the true actions of the `num_labels` labelled transitions only  |
 |                 | (what one gets without the videos)                              |
 | `true_actions`  | the true actions of every transition (the upper bound)          |
@@ -110,6 +111,8 @@ class PolicyStage:
   data_fields = ("tokens", "labels")
   checkpoint_keys = ("stage", "policy", "tokenizer", "data.image_size")
   checkpoint_ignored_keys = ("policy.eval_episodes", "policy.eval_seed")
+  # Keys added after policies were saved, with the value those were trained with.
+  checkpoint_key_defaults = {"policy.decoder_validation_fraction": 0.0}
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
@@ -207,7 +210,8 @@ class PolicyStage:
       decoder_params, fit_metrics = policy_lib.fit_decoder(
           decoder, actions_mka[labelled_m], None if keys_mkd is None else keys_mkd[labelled_m],
           true_actions(labelled_m), steps=p.decoder_steps,
-          learning_rate=p.decoder_learning_rate, seed=config.seed)
+          learning_rate=p.decoder_learning_rate, seed=config.seed,
+          validation_fraction=p.get("decoder_validation_fraction", 0.0))
       rows = np.arange(num_transitions)
       labels, chosen_slot_m = policy_lib.decode_labels(decoder, decoder_params, actions_mka,
                                                        keys_mkd)
