@@ -116,6 +116,7 @@ def fit_decoder(decoder: LatentActionDecoder, actions_mka: np.ndarray,
     """`steps` steps on fit_rows: (params after stop_at steps, losses, accuracies, the
     accuracy on score_rows weighted by score_weights after each step)."""
     a, k, y = actions[fit_rows], rows(keys, fit_rows), labels[fit_rows]
+    score_a, score_k, score_y = actions[score_rows], rows(keys, score_rows), labels[score_rows]
     params = decoder.init(rng, a[:1], None if k is None else k[:1])["params"]
 
     def loss_fn(p, a, k, y, weights=None):
@@ -127,8 +128,7 @@ def fit_decoder(decoder: LatentActionDecoder, actions_mka: np.ndarray,
       (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, a, k, y)
       updates, opt_state = tx.update(grads, opt_state, p)
       p = optax.apply_updates(p, updates)
-      _, score = loss_fn(p, actions[score_rows], rows(keys, score_rows), labels[score_rows],
-                         score_weights)
+      _, score = loss_fn(p, score_a, score_k, score_y, score_weights)
       kept = jax.tree.map(lambda new, old: jnp.where(index + 1 == stop_at, new, old), p, kept)
       return (p, opt_state, kept), (loss, accuracy, score)
 
