@@ -171,9 +171,13 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # demonstrations (flam_jax.data.goal_task): behaviour cloning on pseudo-labels f(a) of the
   # world model in policy.lam_workdir (empty: this workdir), or on true actions
   # (mode=labelled: the num_labels labelled transitions only; true_actions: all of them).
+  # decoder_slots: which of a slot model's latent actions f reads: "attention" (f learns
+  # to pick a slot from the labels) or "matched_by_masks" (a reference that uses the
+  # data's entity masks: the slot matched to the controlled agent, as evaluation matches).
   config.policy = ConfigDict(dict(
       mode="pseudo_labels", lam_workdir="", num_labels=1000, decoder_hidden=64,
       decoder_steps=500, decoder_learning_rate=3e-3, decoder_validation_fraction=0.2,
+      decoder_slots="attention",
       channels=(32, 64), hidden=128, eval_episodes=100, eval_seed=1000))
   # The policy stage reads single transitions, whatever the world model's window.
   config.per_stage.policy = ConfigDict(dict(data=ConfigDict(dict(window_length=1))))

@@ -52,7 +52,14 @@ MODES = (  # (label, policy.mode, world model variant or None, title)
     ("flam_v2", "pseudo_labels", "flam_v2", "BC, FLAM (later version) pseudo-labels"),
     ("lam", "pseudo_labels", "lam", "BC, LAM pseudo-labels"),
     ("flam", "pseudo_labels", "flam", "BC, FLAM pseudo-labels"),
+    # A reference, not a method: f reads the slot that the true entity masks match to
+    # agent 0, so the row says what a perfect choice of slot would give.
+    ("flam_v2_matched_slot", "pseudo_labels", "flam_v2",
+     "BC, FLAM (later version) pseudo-labels, f given agent 0's slot (reference)"),
 )
+MODE_POLICY = {"flam_v2_matched_slot": dict(decoder_slots="matched_by_masks")}
+MODE_TITLES = dict(settings.VARIANT_TITLES,
+                   flam_v2_matched_slot=f"{settings.VARIANT_TITLES['flam_v2']}, agent 0's slot")
 LATENT_MODES = tuple(m[0] for m in MODES if m[2])
 LABELLING_KEYS = ("pseudo_label_accuracy", "controlled_agent_bound_fraction")
 KEYS = ("success_rate", "mean_return") + LABELLING_KEYS
@@ -163,7 +170,8 @@ class PolicyExperiment(runner.Experiment):
     config = self.config(lam_run)
     config.stage = "policy"
     config.policy.update(dict(ps.policy, mode=mode, num_labels=0 if mode == "true_actions" else labels,
-                              lam_workdir=self.workdir(lam_run) if variant else ""))
+                              lam_workdir=self.workdir(lam_run) if variant else "",
+                              **MODE_POLICY.get(mode_label, {})))
     steps = settings.scaled(ps.steps, self.steps_scale)
     for node in (config, config.per_stage.policy):
       node.num_train_steps, node.batch_size = steps, ps.batch_size
@@ -314,13 +322,13 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
       rows.append([title] + cells + [report_lib.fmt(
           results[f"{d}d/{mode_label}/{max(labels)}"]["mean_return"])])
     for mode_label in LATENT_MODES:
-      rows.append([f"pseudo-label acc., {settings.VARIANT_TITLES[mode_label]}"] + [report_lib.fmt(
+      rows.append([f"pseudo-label acc., {MODE_TITLES[mode_label]}"] + [report_lib.fmt(
           results[f"{d}d/{mode_label}/{num}"]["pseudo_label_accuracy"]) for num in labels] + [""])
     for mode_label in LATENT_MODES:
       bound = [results[f"{d}d/{mode_label}/{num}"]["controlled_agent_bound_fraction"]
                for num in labels]
       if any(stat["n"] for stat in bound):  # Slot models on data with entity masks.
-        rows.append([f"agent 0 bound to a slot, {settings.VARIANT_TITLES[mode_label]}"] + [
+        rows.append([f"agent 0 bound to a slot, {MODE_TITLES[mode_label]}"] + [
             report_lib.fmt(stat) for stat in bound] + [""])
     rows.append(["expert (reference)", f"{ref['expert']['success_rate']:.2f}"] +
                 [""] * (len(labels) - 1) + [f"{ref['expert']['mean_return']:.2f}"])
@@ -351,6 +359,9 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
                          f"{num} labels)", get("flam_v2"), get("labelled")),
       report_lib.compare(f"FLAM (later version) pseudo-labels > LAM pseudo-labels ({d} "
                          f"distractors, {num} labels)", get("flam_v2"), get("lam")),
+      report_lib.compare(f"f given agent 0's slot > f attending over the slots (later version, "
+                         f"{d} distractors, {num} labels): what a better choice of slot is worth",
+                         get("flam_v2_matched_slot"), get("flam_v2")),
   ]
   lines += ["## Claims (issue 11)", "",
             report_lib.markdown_table(["claim", "ours (mean success rate)", "verdict"], claims), ""]

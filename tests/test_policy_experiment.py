@@ -107,5 +107,6 @@ def test_only_names_an_unknown_policy_in_one_line(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip() == ("error: --only=labelled,flm: flm is not a policy of this script; "
-                                "choose from true_actions, labelled, flam_v2, lam, flam")
+                                "choose from true_actions, labelled, flam_v2, lam, flam, "
+                                "flam_v2_matched_slot")
   assert not os.listdir(tmp_path)

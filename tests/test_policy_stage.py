@@ -175,3 +175,28 @@ def test_binding_diagnostics_match_the_slot_masks(tmp_path, lam_workdir):
   for key in ("controlled_agent_share", "controlled_agent_bound_fraction",
               "decoder_attends_controlled_slot"):
     assert 0.0 <= labelling[key] <= 1.0, (key, labelling)
+
+  # The reference that reads the slot the masks match to agent 0: f is fitted on that
+  # slot's latent action and key alone, as one computes it by hand from the cached latents.
+  from flam_jax.modules.policy import LatentActionDecoder  # pylint: disable=g-import-not-at-top
+  config = tiny_config("policy", data_dir, lam_workdir=lam_dir, decoder_slots="matched_by_masks")
+  workdir = str(tmp_path / "matched")
+  labelling = train.run(config, workdir)["evaluation"]["labelling"]
+  assert labelling["decoder_attends_controlled_slot"] == 1.0
+  latents = np.load(os.path.join(workdir, "policy_latents.npz"))
+  demos = policy_lib.demonstration_transitions(os.path.join(workdir, "tokens"), data_dir, length)
+  episode_m, time_m = demos["episode_m"], demos["time_m"]
+  true_m = demos["actions_elk"][episode_m, time_m, 0].astype(np.int32)
+  slot_m = latents["agent_slot"][episode_m, time_m]
+  every = np.arange(len(slot_m))
+  a_m1a = latents["actions"][episode_m, time_m][every, slot_m][:, None]
+  k_m1u = latents["keys"][episode_m, time_m][every, slot_m][:, None]
+  labelled = policy_lib.labelled_draw(len(slot_m), 10, config.seed)
+  decoder = LatentActionDecoder(num_actions=4, hidden=config.policy.decoder_hidden)
+  f_params, _ = policy_lib.fit_decoder(
+      decoder, a_m1a[labelled], k_m1u[labelled], true_m[labelled], steps=20,
+      learning_rate=config.policy.decoder_learning_rate, seed=config.seed,
+      validation_fraction=config.policy.decoder_validation_fraction)
+  pseudo_m, _ = policy_lib.decode_labels(decoder, f_params, a_m1a, k_m1u)
+  assert labelling["label_counts"] == np.bincount(pseudo_m, minlength=4).tolist()
+  assert np.isclose(labelling["pseudo_label_accuracy"], np.mean(pseudo_m == true_m))

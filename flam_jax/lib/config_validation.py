@@ -262,6 +262,7 @@ POLICY_RULES: Tuple[Rule, ...] = (  # flam_jax/stages/policy.py (Sec 4.3).
     _pos("policy.decoder_steps"),
     Rule("policy.decoder_learning_rate", "float", low=0),
     Rule("policy.decoder_validation_fraction", "float", low=0, high=0.9, optional=True),
+    Rule("policy.decoder_slots", "str", choices=("attention", "matched_by_masks"), optional=True),
     _ints("policy.channels", 1),
     _pos("policy.hidden"),
     _pos("policy.eval_episodes"),

@@ -1,5 +1,7 @@
 """Policy learning helpers (Sec 4.3): latent actions of demonstrations, fitting f, live evaluation.
 
+  demonstration_transitions / labelled_draw: which transitions of the demonstrations are
+    labelled by the stage (and by analyses that must match it), and which few carry labels;
   infer_latent_actions: a trained world model's latent actions (and slot keys, and how
     well a slot holds the controlled agent) for every transition of whole token episodes,
     in one jit-compiled function over chunks of episodes (padded, so it compiles once);
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flam_jax.data import goal_task, records
+from flam_jax.data import goal_task, pipeline, records
 from flam_jax.lib import metrics, models, rollout
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
@@ -30,6 +32,34 @@ def _chunks(array: np.ndarray, size: int):
     padded = np.zeros((size,) + array.shape[1:], array.dtype)
     padded[:len(part)] = part
     yield padded, len(part)
+
+
+def demonstration_transitions(tokens_dir: str, data_dir: str,
+                              episode_length: int) -> Dict[str, np.ndarray]:
+  """Every active transition (before agent 0 reaches the goal) of the train split of
+  goal-task demonstrations, in the order the policy stage labels them.
+
+  Returns dict(episode_m, time_m [M] (the transition's episode and frame), tokens_elhw
+  [E, L, h, w] (the frozen tokens of every frame) and actions_elk [E, L-1, agents] (the
+  true actions: the stage reads them only for the labelled subset, the upper bound and
+  its diagnostics)).
+  """
+  tokens = pipeline.WindowSource(tokens_dir, "train", window_length=episode_length,
+                                 fields=("tokens", "actions"))
+  active = pipeline.WindowSource(data_dir, "train", window_length=episode_length,
+                                 fields=("active",))
+  episodes = [tokens.read_episode(e) for e in range(tokens.num_episodes)]
+  active_el = np.stack([active.read_episode(e)["active"][:-1]
+                        for e in range(active.num_episodes)]).astype(bool)
+  episode_m, time_m = np.nonzero(active_el)
+  return dict(episode_m=episode_m, time_m=time_m,
+              tokens_elhw=np.stack([ep["tokens"] for ep in episodes]),
+              actions_elk=np.stack([ep["actions"] for ep in episodes]))
+
+
+def labelled_draw(num_transitions: int, num_labels: int, seed: int) -> np.ndarray:
+  """The rows of the `num_labels` labelled transitions: a random draw fixed by the seed."""
+  return np.random.default_rng([seed, 11]).permutation(num_transitions)[:num_labels]
 
 
 def infer_latent_actions(loaded: models.LoadedWorldModel, lam_params, tokens_elhw: np.ndarray,

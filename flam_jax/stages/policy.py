@@ -8,7 +8,10 @@
 |                 | `policy.lam_workdir` (FLAM, LAM or OC+LAM; empty: this workdir),|
 |                 | decoded by f, which is fitted on `policy.num_labels` labelled   |
 |                 | transitions (stopped early on `decoder_validation_fraction` of  |
-|                 | them, then refitted on all for the chosen number of steps)      |
+|                 | them, then refitted on all for the chosen number of steps).     |
+|                 | A slot model's f attends over the K slots (`decoder_slots=      |
+|                 | attention`), or, as a reference, reads the slot that the data's |
+|                 | entity masks match to the controlled agent (`matched_by_masks`) |
 | `labelled`      | the true actions of the `num_labels` labelled transitions only  |
 |                 | (what one gets without the videos)                              |
 | `true_actions`  | the true actions of every transition (the upper bound)          |
@@ -112,7 +115,8 @@ class PolicyStage:
   checkpoint_keys = ("stage", "policy", "tokenizer", "data.image_size")
   checkpoint_ignored_keys = ("policy.eval_episodes", "policy.eval_seed")
   # Keys added after policies were saved, with the value those were trained with.
-  checkpoint_key_defaults = {"policy.decoder_validation_fraction": 0.0}
+  checkpoint_key_defaults = {"policy.decoder_validation_fraction": 0.0,
+                             "policy.decoder_slots": "attention"}
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
@@ -162,27 +166,20 @@ class PolicyStage:
 
     # Every active train transition of the demonstrations, and the labelled draw.
     length = meta["config"]["episode_length"]
-    tokens_source = pipeline.WindowSource(tokens_dir, "train", window_length=length,
-                                          fields=("tokens", "actions"))
-    active_source = pipeline.WindowSource(config.data.dir, "train", window_length=length,
-                                          fields=("active",))
-    episodes = [tokens_source.read_episode(e) for e in range(tokens_source.num_episodes)]
-    tokens_elhw = np.stack([ep["tokens"] for ep in episodes])
-    active_el = np.stack([active_source.read_episode(e)["active"][:-1]
-                          for e in range(active_source.num_episodes)]).astype(bool)
-    episode_m, time_m = np.nonzero(active_el)
+    demonstrations = policy_lib.demonstration_transitions(tokens_dir, config.data.dir, length)
+    tokens_elhw, actions_elk = demonstrations["tokens_elhw"], demonstrations["actions_elk"]
+    episode_m, time_m = demonstrations["episode_m"], demonstrations["time_m"]
     num_transitions = len(episode_m)
     if p.mode != "true_actions" and p.num_labels > num_transitions:
       raise ConfigError(
           f"config.policy.num_labels={p.num_labels} is larger than the {num_transitions} "
           f"demonstration transitions in the train split of {config.data.dir}; lower it or "
           "generate more episodes")
-    labelled_m = np.random.default_rng([config.seed, 11]).permutation(num_transitions)[
-        :p.num_labels]
+    labelled_m = policy_lib.labelled_draw(num_transitions, p.num_labels, config.seed)
 
     def true_actions(rows):  # The controlled agent's true actions of these transitions only.
-      return np.array([episodes[episode_m[r]]["actions"][time_m[r], CONTROLLED_AGENT]
-                       for r in rows], np.int32)
+      rows = np.asarray(rows, np.int64)
+      return actions_elk[episode_m[rows], time_m[rows], CONTROLLED_AGENT].astype(np.int32)
 
     labelling: Dict[str, Any] = dict(mode=p.mode, transitions=int(num_transitions),
                                      labelled=int(len(labelled_m)))
@@ -206,6 +203,16 @@ class PolicyStage:
           entity_ids_elHW, task.num_agents)
       actions_mka = inferred["actions"][episode_m, time_m]
       keys_mkd = inferred["keys"][episode_m, time_m] if "keys" in inferred else None
+      matched = p.get("decoder_slots", "attention") == "matched_by_masks"
+      if matched:  # A reference: the true masks say which slot holds the controlled agent.
+        if "agent_slot" not in inferred:
+          lacking = (f"{lam_workdir} holds a {lam.config.lam.variant!r} model, not slots"
+                     if lam.model.variant != "flam" else f"{config.data.dir} has no entity masks")
+          raise ConfigError(f"config.policy.decoder_slots=matched_by_masks needs slots and entity "
+                            f"masks: {lacking}; set --config.policy.decoder_slots=attention")
+        matched_slot_m = inferred["agent_slot"][episode_m, time_m]
+        actions_mka = actions_mka[np.arange(num_transitions), matched_slot_m][:, None]
+        keys_mkd = keys_mkd[np.arange(num_transitions), matched_slot_m][:, None]
       decoder = LatentActionDecoder(num_actions=multigrid.NUM_ACTIONS, hidden=p.decoder_hidden)
       decoder_params, fit_metrics = policy_lib.fit_decoder(
           decoder, actions_mka[labelled_m], None if keys_mkd is None else keys_mkd[labelled_m],
@@ -215,6 +222,8 @@ class PolicyStage:
       rows = np.arange(num_transitions)
       labels, chosen_slot_m = policy_lib.decode_labels(decoder, decoder_params, actions_mka,
                                                        keys_mkd)
+      if matched:
+        chosen_slot_m = matched_slot_m
       unlabelled = np.setdiff1d(rows, labelled_m)
       # Diagnostics only: how often f's pseudo-labels match the true actions, and (slot
       # models on data with entity masks) how well one slot holds the controlled agent and

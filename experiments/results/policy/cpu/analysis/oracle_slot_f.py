@@ -11,27 +11,21 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 5)))
-from flam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-from flam_jax.lib import policy as policy_lib
+from flam_jax.lib import policy as policy_lib  # pylint: disable=g-import-not-at-top
 from flam_jax.modules.policy import LatentActionDecoder
 
 runs = sys.argv[1]
 for seed in [int(s) for s in sys.argv[2:]]:
   lat = np.load(f"{runs}/goal_policy_5a/flam_v2_1000/seed{seed}/policy_latents.npz")
-  tokens = pipeline.WindowSource(f"{runs}/goal_tokenizer_5a/tokens", "train", window_length=16,
-                                 fields=("actions",))
-  data = pipeline.WindowSource(f"{runs}/goal_data_5a", "train", window_length=16,
-                               fields=("active",))
-  act_el = np.stack([tokens.read_episode(e)["actions"][:, 0] for e in range(tokens.num_episodes)])
-  active = np.stack([data.read_episode(e)["active"][:-1]
-                     for e in range(data.num_episodes)]).astype(bool)
-  em, tm = np.nonzero(active)  # As flam_jax/stages/policy.py orders transitions.
+  demos = policy_lib.demonstration_transitions(f"{runs}/goal_tokenizer_5a/tokens",
+                                               f"{runs}/goal_data_5a", 16)
+  em, tm = demos["episode_m"], demos["time_m"]  # As flam_jax/stages/policy.py orders them.
   n = len(em)
-  lab = np.random.default_rng([seed, 11]).permutation(n)[:1000]  # The stage's labelled draw.
+  lab = policy_lib.labelled_draw(n, 1000, seed)  # The stage's labelled draw.
   unl = np.setdiff1d(np.arange(n), lab)
   a, k = lat["actions"][em, tm], lat["keys"][em, tm]
   slot = lat["agent_slot"][em, tm]
-  y = act_el[em, tm].astype(np.int32)
+  y = demos["actions_elk"][em, tm, 0].astype(np.int32)
   for name, aa, kk in (("all slots, attention (the stage)", a, k),
                        ("oracle slot: latent + key", a[np.arange(n), slot][:, None],
                         k[np.arange(n), slot][:, None]),

@@ -21,26 +21,20 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 5)))
-from flam_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-from flam_jax.lib import policy as policy_lib
+from flam_jax.lib import policy as policy_lib  # pylint: disable=g-import-not-at-top
 from flam_jax.modules.policy import LatentActionDecoder
 
 runs, seed = sys.argv[1], int(sys.argv[2])
 policy_run = sys.argv[3] if len(sys.argv) > 3 else "flam_v2_1000"
 latents = np.load(f"{runs}/goal_policy_5a/{policy_run}/seed{seed}/policy_latents.npz")
-tokens = pipeline.WindowSource(f"{runs}/goal_tokenizer_5a/tokens", "train", window_length=16,
-                               fields=("actions",))
-data = pipeline.WindowSource(f"{runs}/goal_data_5a", "train", window_length=16,
-                             fields=("active",))
-actions_el = np.stack([tokens.read_episode(e)["actions"][:, 0] for e in range(tokens.num_episodes)])
-active_el = np.stack([data.read_episode(e)["active"][:-1]
-                      for e in range(data.num_episodes)]).astype(bool)
-episode_m, time_m = np.nonzero(active_el)  # As flam_jax/stages/policy.py orders transitions.
+demos = policy_lib.demonstration_transitions(f"{runs}/goal_tokenizer_5a/tokens",
+                                             f"{runs}/goal_data_5a", 16)
+episode_m, time_m = demos["episode_m"], demos["time_m"]  # As flam_jax/stages/policy.py has them.
 n = len(episode_m)
-labelled = np.random.default_rng([seed, 11]).permutation(n)[:1000]
+labelled = policy_lib.labelled_draw(n, 1000, seed)
 unlabelled = np.setdiff1d(np.arange(n), labelled)
 acts, keys = latents["actions"][episode_m, time_m], latents["keys"][episode_m, time_m]
-truth = actions_el[episode_m, time_m].astype(np.int32)
+truth = demos["actions_elk"][episode_m, time_m, 0].astype(np.int32)
 print(f"{n} transitions; 'forward' (the majority) {np.bincount(truth).max() / n:.3f}")
 
 
