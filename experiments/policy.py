@@ -225,6 +225,10 @@ _MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
                  "policy.lam_workdir", "progress_bar") + LatentActionStage.checkpoint_ignored_keys
 
 
+# policy.mode values that train pi_u on true actions and fit no latent action decoder f.
+_MODES_WITHOUT_DECODER = ("true_actions", "labelled")
+
+
 def _config_identity(config) -> dict:
   """The policy run's config without its paths and remat: what a stored evaluation must match.
 
@@ -245,9 +249,10 @@ def _stored(identity: dict, evaluation: dict) -> dict:
 
 
 def _without_machine_keys(flat: dict) -> dict:
-  """A copy of a config dict without _MACHINE_KEYS, and without the keys added since some
-  evaluations were stored where they hold the value those runs had
-  (the stages' checkpoint_key_defaults): older stored identities still match."""
+  """A copy of a config dict without _MACHINE_KEYS, without the keys added since some
+  evaluations were stored where they hold the value those runs had (the stages'
+  checkpoint_key_defaults), and without f's settings (policy.decoder_*) for the modes
+  that fit no f: older stored identities still match."""
   flat = json.loads(json.dumps(flat))
   defaults = {**LatentActionStage.checkpoint_key_defaults, **PolicyStage.checkpoint_key_defaults}
   for dotted in _MACHINE_KEYS + tuple(defaults):
@@ -257,6 +262,10 @@ def _without_machine_keys(flat: dict) -> dict:
       node = node.get(key, {})
     if dotted not in defaults or node.get(leaf) == defaults[dotted]:
       node.pop(leaf, None)
+  policy = flat.get("policy", {})
+  if policy.get("mode") in _MODES_WITHOUT_DECODER:  # f's settings do not touch these runs.
+    for key in [k for k in policy if k.startswith("decoder_")]:
+      policy.pop(key)
   return flat
 
 
