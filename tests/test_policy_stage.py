@@ -110,6 +110,25 @@ def test_bad_inputs_give_one_line_errors(tmp_path, lam_workdir):
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
 
 
+def test_matched_slot_reference_needs_slots(tmp_path, lam_workdir):
+  """decoder_slots=matched_by_masks on a monolithic LAM: a one-line error naming the fix,
+  before the stage tokenizes or infers anything."""
+  lam_dir, data_dir = lam_workdir
+  config = tiny_config("lam", data_dir)
+  config.lam.variant = "lam"
+  config.lam.tokenizer_checkpoint = os.path.join(lam_dir, "tokenizer")
+  monolithic = str(tmp_path / "lam")
+  train.run(config, monolithic)
+  config = tiny_config("policy", data_dir, lam_workdir=monolithic, decoder_slots="matched_by_masks")
+  workdir = str(tmp_path / "w")
+  with pytest.raises(FlamError) as error:
+    train.run(config, workdir)
+  message = str(error.value)
+  assert "holds a 'lam' model, not slots" in message and "decoder_slots=attention" in message
+  assert "\n" not in message
+  assert not os.path.exists(os.path.join(workdir, "tokens"))
+
+
 def test_shares_the_world_models_token_cache(tmp_path, lam_workdir):
   """With lam.token_cache_dir at the world model's cache (same demonstrations, same
   tokenizer) the policy stage reads those tokens instead of encoding the videos again."""

@@ -153,6 +153,13 @@ class PolicyStage:
     lam, lam_workdir = None, lam_workdir_of(config, workdir)
     if p.mode == "pseudo_labels":
       lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
+      matched = p.get("decoder_slots", "attention") == "matched_by_masks"
+      with_masks = any(field["name"] == "masks" for field in meta["fields"])
+      if matched and (lam.model.variant != "flam" or not with_masks):
+        lacking = (f"{lam_workdir} holds a {lam.config.lam.variant!r} model, not slots"
+                   if lam.model.variant != "flam" else f"{config.data.dir} has no entity masks")
+        raise ConfigError(f"config.policy.decoder_slots=matched_by_masks needs slots and entity "
+                          f"masks: {lacking}; set --config.policy.decoder_slots=attention")
       tokenizer, tok_params = lam.tokenizer, lam.tokenizer_params
       tok_dir = loading.tokenizer_checkpoint_dir(lam.config, lam_workdir)
       tok_ckpt = checkpointing.Checkpointer(tok_dir, async_save=False)
@@ -188,7 +195,6 @@ class PolicyStage:
     elif p.mode == "labelled":
       rows, labels = labelled_m, true_actions(labelled_m)
     else:
-      with_masks = any(field["name"] == "masks" for field in meta["fields"])
       entity_ids_elHW = None
       if with_masks and lam.model.variant == "flam":
         masks_source = pipeline.WindowSource(config.data.dir, "train", window_length=length,
@@ -203,13 +209,7 @@ class PolicyStage:
           entity_ids_elHW, task.num_agents)
       actions_mka = inferred["actions"][episode_m, time_m]
       keys_mkd = inferred["keys"][episode_m, time_m] if "keys" in inferred else None
-      matched = p.get("decoder_slots", "attention") == "matched_by_masks"
       if matched:  # A reference: the true masks say which slot holds the controlled agent.
-        if "agent_slot" not in inferred:
-          lacking = (f"{lam_workdir} holds a {lam.config.lam.variant!r} model, not slots"
-                     if lam.model.variant != "flam" else f"{config.data.dir} has no entity masks")
-          raise ConfigError(f"config.policy.decoder_slots=matched_by_masks needs slots and entity "
-                            f"masks: {lacking}; set --config.policy.decoder_slots=attention")
         matched_slot_m = inferred["agent_slot"][episode_m, time_m]
         actions_mka = actions_mka[np.arange(num_transitions), matched_slot_m][:, None]
         keys_mkd = keys_mkd[np.arange(num_transitions), matched_slot_m][:, None]
