@@ -307,13 +307,13 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Op
 def report(experiment, seeds, distractors, labels, results, references) -> str:
   from flam_jax.lib import probe  # pylint: disable=g-import-not-at-top
   ps = experiment.task_setting
-  lines = report_lib.header_lines("Policy learning from action-free demonstrations (Sec 4.3)",
-                                 experiment, seeds,
-                                 slots="number of agents + 2 (the floor and the goal cell)")
+  lines = report_lib.header_lines(
+      "Policy learning from action-free demonstrations (Sec 4.3)", experiment, seeds,
+      slots="number of agents + 2 (the floor and the goal cell)",
+      data=(f"the goal task, {ps.grid_size}x{ps.grid_size} cells at {ps.image_size} px, step "
+            f"limit {ps.max_steps}, {ps.episodes} expert demonstrations (80% train)"))
   lines += [
-      f"- goal task: {ps.grid_size}x{ps.grid_size} cells at {ps.image_size} px, step limit "
-      f"{ps.max_steps}, {ps.episodes} expert demonstrations (80% train); policies: "
-      f"{ps.steps} steps (batch {ps.batch_size}) x{experiment.steps_scale:g}, evaluated greedily "
+      f"- policies: {ps.steps} steps (batch {ps.batch_size}) x{experiment.steps_scale:g}, evaluated greedily "
       f"on {ps.policy.get('eval_episodes', 100)} seeded episodes", "",
       "Success rate of pi_u (mean ± std over seeds); the true-action upper bound uses every "
       "demonstration transition whatever the number of labels. 'pseudo-label acc.' is the "

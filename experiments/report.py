@@ -78,23 +78,28 @@ def config_table(stats: Dict[str, Dict[str, Any]], titles: Dict[str, str],
 
 
 def header_lines(title: str, experiment: Experiment, seeds: Sequence[int],
-                 slots: str = "number of agents + 1") -> List[str]:
-  """The preamble of results.md: what, where, how many seeds, the setting (`slots`: FLAM's K)."""
+                 slots: str = "number of agents + 1", data: Optional[str] = None,
+                 action_levels: Optional[Sequence[int]] = None) -> List[str]:
+  """The preamble of results.md: what, where, how many seeds, the setting (`slots`: FLAM's K;
+  `data` and `action_levels`: what a script trains on instead of the setting's generated
+  Multigrid and its action codebook)."""
   s = settings_summary(experiment.setting, experiment.steps_scale)
+  if data is None:
+    data = (f"Multigrid {s['grid_cells']}x{s['grid_cells']} cells at {s['image_size']} px, "
+            f"{s['episodes']} episodes of {s['episode_length']} frames (80/10/10 split)")
+  levels = s["action_levels"] if action_levels is None else list(action_levels)
   return [
       f"# {title}", "",
       f"- setting: `{experiment.setting.name}` (steps x{experiment.steps_scale:g}); seeds "
       f"{', '.join(map(str, seeds))}; mean ± sample std over seeds",
       f"- hardware: {hardware()}",
-      f"- data: Multigrid {s['grid_cells']}x{s['grid_cells']} cells at {s['image_size']} px, "
-      f"{s['episodes']} episodes of {s['episode_length']} frames (80/10/10 split), "
-      "metrics on the test split",
+      f"- data: {data}, metrics on the test split",
       f"- tokenizer: {s['token_grid']} tokens, {s['tokenizer_codes']} FSQ codes, "
       f"{s['tokenizer_steps']} steps (batch {s['tokenizer_batch']}), one per dataset",
       f"- world models: d_model {s['d_model']}, {s['blocks']} block(s), "
       f"{s['window_length']}-frame windows, {s['prediction_steps']} prediction steps, "
       f"{s['lam_steps']} steps (batch {s['lam_batch']}); FLAM: K = {slots}, "
-      f"action FSQ levels {s['action_levels']}",
+      f"action FSQ levels {levels}",
       f"- runs: {experiment.runs_dir}",
       f"- wall time of this invocation: {experiment.timings.get('total', 0.0):.0f} s "
       "(finished runs are skipped)", "",

@@ -129,12 +129,12 @@ def report(experiment: ProcgenExperiment, runs, metrics, seeds) -> str:
                          lam["psnr_t@1"]),
   ]
   v = experiment.video
+  data = (f"Procgen {experiment.game}, {v.episodes} episodes of up to {v.max_frames} frames "
+          f"at {v.image_size} px (random sticky policy, backgrounds off; split 80/10/10 by "
+          "episode)")
   lines = report_lib.header_lines(f"Table 1: Procgen ({experiment.game})", experiment, seeds,
-                                 slots=str(v.num_slots))
+                                 slots=str(v.num_slots), data=data, action_levels=ACTION_LEVELS)
   lines += [
-      f"- video: {experiment.game}, {v.episodes} episodes of up to {v.max_frames} frames at "
-      f"{v.image_size} px (random sticky policy, backgrounds off; split 80/10/10 by "
-      f"episode); K = {v.num_slots} slots; action codebooks {list(ACTION_LEVELS)}", "",
       "PSNR_t: rollout from the window's first frame under the latent actions inferred from "
       "the ground-truth frames, step t; Δ PSNR_t = PSNR_t(inferred) − PSNR_t(random "
       "actions) (Sec 5.6). The paper's row averages 16 games at 224 px with K = 32; compare "
