@@ -225,8 +225,8 @@ _MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
                  "policy.lam_workdir", "progress_bar") + LatentActionStage.checkpoint_ignored_keys
 
 
-# policy.mode values that train pi_u on true actions and fit no latent action decoder f.
-_MODES_WITHOUT_DECODER = ("true_actions", "labelled")
+# policy.mode values of the behaviour-cloning baselines (no world model, so no decoder f).
+_MODES_WITHOUT_DECODER = tuple(m[1] for m in MODES if m[2] is None)
 
 
 def _config_identity(config) -> dict:
