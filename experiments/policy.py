@@ -243,9 +243,7 @@ def _config_identity(config) -> dict:
 def _stored(identity: dict, evaluation: dict) -> dict:
   """What <root>/<setting>/evaluations/ keeps: the config identity, the evaluation and the
   device it was trained on (seeds of one report may come from different machines)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
-  return dict(config=identity, evaluation=evaluation, device=device)
+  return dict(config=identity, evaluation=evaluation, device=runner.hardware())
 
 
 def _without_machine_keys(flat: dict) -> dict:

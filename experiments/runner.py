@@ -9,6 +9,7 @@ import dataclasses
 import gc
 import json
 import os
+import platform
 import shutil
 import sys
 import time
@@ -278,10 +279,28 @@ def write_json(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
+def _cpu_model() -> str:
+  """The host CPU's model name ('Intel(R) Xeon(R) Processor'), or '' where unknown."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def hardware() -> str:
-  """The devices JAX runs on, e.g. '1 x cpu (cpu)' or '8 x TPU v4 (tpu)'."""
+  """The devices JAX runs on, e.g. '8 x TPU v4 (tpu)', and on a CPU backend the host's
+  model and cores ('1 x cpu (cpu: 2 cores, Intel(R) Xeon(R) Processor)'): XLA:CPU compiles
+  for the host's vector units, so figures reproduce exactly only on the same CPU model."""
   import jax  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
-  return f"{len(devices)} x {', '.join(kinds)} ({devices[0].platform})"
+  platform_name = devices[0].platform
+  if platform_name == "cpu":
+    model = _cpu_model()
+    platform_name = f"cpu: {os.cpu_count()} cores" + (f", {model}" if model else "")
+  return f"{len(devices)} x {', '.join(kinds)} ({platform_name})"
 
