@@ -102,6 +102,10 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # flam, oc_lam: weight of the spatial-broadcast feature reconstruction of each frame
   # from its own slots (DINOSAUR-style alpha masks; binds slots to objects). 0: off.
   config.lam.slot_reconstruction_weight = 1.0
+  # ... and the weight of the patches whose token changes from a neighbouring frame in
+  # that reconstruction's mean over patches (1: the plain mean; see
+  # LatentActionStage._slot_reconstruction_loss).
+  config.lam.slot_reconstruction_changed_weight = 1.0
   # ... and how that decoder places a slot at each patch: "learned" or "grid", as above.
   config.lam.slot_decoder_position_embedding = "learned"
   # flam, oc_lam: weight of the same decoder's reconstruction of frame t+1's features from

@@ -84,6 +84,8 @@ BAD_LAM_VALUES = [
     ("lam.recursive_init", "no", "lam.recursive_init='no' is not a bool"),
     ("lam.predicted_slot_reconstruction_weight", -1.0,
      "lam.predicted_slot_reconstruction_weight=-1.0"),
+    ("lam.slot_reconstruction_changed_weight", 0.5,
+     "lam.slot_reconstruction_changed_weight=0.5"),
 ]
 
 

@@ -232,6 +232,7 @@ LAM_RULES: Tuple[Any, ...] = (
     Rule("lam.changed_patch_weight", "float", low=1, optional=True),
     Rule("lam.reconstruction_weight", "float", low=0, optional=True),
     Rule("lam.slot_reconstruction_weight", "float", low=0, optional=True),
+    Rule("lam.slot_reconstruction_changed_weight", "float", low=1, optional=True),
     Rule("lam.predicted_slot_reconstruction_weight", "float", low=0, optional=True),
     Rule("lam.fdm_zero_init_actions", "bool", optional=True),
     Check("lam.num_heads", _heads_divide_width),

@@ -25,7 +25,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # resumes under a config that holds it (LatentActionStage.checkpoint_key_defaults).
 LAM_KEY_DEFAULTS = {"lam.slot_init": "learned", "lam.init_slot_iterations": 0,
                     "lam.slot_position_embedding": "learned",
-                    "lam.slot_decoder_position_embedding": "learned"}
+                    "lam.slot_decoder_position_embedding": "learned",
+                    "lam.slot_reconstruction_changed_weight": 1.0}
 
 
 def compute_dtype(config: ConfigDict):
