@@ -216,10 +216,11 @@ def test_slot_reconstruction_counts_the_changing_patches_w_times():
   tokens_btn = jnp.asarray([[[0, 0], [0, 0], [0, 1]]])
   features_btnf = jnp.zeros((1, 3, 2, 2))
   recon_btnf = features_btnf.at[:, :, 1].set(1.0)  # Wrong at patch 1 only.
-  plain = float(stage._slot_reconstruction_loss(recon_btnf, features_btnf, tokens_btn))
-  assert plain == pytest.approx(0.5)
+  trained, plain = stage._slot_reconstruction_loss(recon_btnf, features_btnf, tokens_btn)
+  assert float(trained) == float(plain) == pytest.approx(0.5)
   config.lam.slot_reconstruction_changed_weight = 4.0
-  weighted = float(stage_fixtures.make_lam_stage(config)._slot_reconstruction_loss(
-      recon_btnf, features_btnf, tokens_btn))
+  weighted, plain = stage_fixtures.make_lam_stage(config)._slot_reconstruction_loss(
+      recon_btnf, features_btnf, tokens_btn)
   # Frame 0: patch 1 unchanged (0.5); frames 1 and 2: patch 1 counts 4 times (4 / 5 each).
-  assert weighted == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+  assert float(weighted) == pytest.approx((0.5 + 0.8 + 0.8) / 3)
+  assert float(plain) == pytest.approx(0.5)  # The logged loss stays the plain mean.

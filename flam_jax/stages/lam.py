@@ -30,6 +30,11 @@ from flam_jax.modules.world_model import LatentActionWorldModel as WorldModel
 NUM_PICTURE_WINDOWS = 2
 
 
+def _changed_patch_weights(changed, weight: float):
+  """Per-patch weights of a weighted mean: `weight` where `changed`, else 1."""
+  return 1.0 + (weight - 1.0) * changed.astype(jnp.float32)
+
+
 class LatentActionStage:
   """Windows of cached tokens [B, T, h, w] (+ ground-truth actions) -> world model losses."""
 
@@ -139,8 +144,7 @@ class LatentActionStage:
     weights = None
     changed_weight = float(lam.get("changed_patch_weight", 1.0))
     if weighted and changed_weight != 1.0:
-      changed = (out["targets"] != out["anchor_tokens"]).astype(jnp.float32)
-      weights = 1.0 + (changed_weight - 1.0) * changed
+      weights = _changed_patch_weights(out["targets"] != out["anchor_tokens"], changed_weight)
     if lam.aggregator_mode == "classification":
       sizes = tuple(lam.subtoken_sizes)
       return (aggregator_lib.classification_loss(out["prediction"], out["targets"], sizes,
@@ -150,24 +154,26 @@ class LatentActionStage:
                                           weights), None
 
   def _slot_reconstruction_loss(self, recon_btnf, features_btnf, tokens_btn):
-    """Squared error of each frame's reconstruction from its own slots, per feature element.
+    """(trained, plain) squared error of each frame's reconstruction from its own slots.
 
-    `lam.slot_reconstruction_changed_weight` w: patches whose token differs from the
-    previous or the next frame's in the window (what moves; no labels) count w times in a
-    weighted mean over patches. With few moving entities (2 of 64 patches in the
-    quickstart) the plain mean (w = 1, the configs' value) is nearly all background.
+    Both per feature element. The trained loss weighs by `lam.slot_reconstruction_changed_weight`
+    w: patches whose token differs from the previous or the next frame's in the window
+    (what moves; no labels) count w times in a weighted mean over patches. With few moving
+    entities (2 of 64 patches in the quickstart) the plain mean (w = 1) is nearly all
+    background. The plain loss is what is logged, comparable across w.
     """
+    plain = jnp.mean(jnp.square(recon_btnf - features_btnf))
     weight = float(self.config.lam.get("slot_reconstruction_changed_weight", 1.0))
     if weight == 1.0:
-      return jnp.mean(jnp.square(recon_btnf - features_btnf))
+      return plain, plain
     step_changed = tokens_btn[:, 1:] != tokens_btn[:, :-1]  # [B, T-1, N]
     changed_btn = (jnp.pad(step_changed, ((0, 0), (1, 0), (0, 0)))  # since the previous
                    | jnp.pad(step_changed, ((0, 0), (0, 1), (0, 0))))  # until the next
-    weights_btn = 1.0 + (weight - 1.0) * changed_btn.astype(jnp.float32)
     b, t, n, f = features_btnf.shape
-    return jnp.mean(aggregator_lib.regression_loss(
+    trained = jnp.mean(aggregator_lib.regression_loss(
         recon_btnf.reshape(b * t, n, f), features_btnf.reshape(b * t, n, f),
-        weights_btn.reshape(b * t, n)))
+        _changed_patch_weights(changed_btn, weight).reshape(b * t, n)))
+    return trained, plain
 
   def loss(self, params, batch, rng):
     lam = self.config.lam
@@ -204,11 +210,10 @@ class LatentActionStage:
       metrics["reconstruction_loss"] = recon
       loss = loss + lam.reconstruction_weight * recon
     if "slot_reconstruction" in out:
-      slot_recon = self._slot_reconstruction_loss(out["slot_reconstruction"], features, tokens)
-      # Logged unweighted, comparable across changed-patch weights, beside the trained one.
-      metrics["slot_reconstruction_loss"] = jnp.mean(
-          jnp.square(out["slot_reconstruction"] - features))
-      if float(lam.get("slot_reconstruction_changed_weight", 1.0)) != 1.0:
+      slot_recon, plain_slot_recon = self._slot_reconstruction_loss(
+          out["slot_reconstruction"], features, tokens)
+      metrics["slot_reconstruction_loss"] = plain_slot_recon
+      if slot_recon is not plain_slot_recon:
         metrics["slot_reconstruction_trained_loss"] = slot_recon
       loss = loss + lam.slot_reconstruction_weight * slot_recon
     if "predicted_slot_reconstruction" in out:
