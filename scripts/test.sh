@@ -9,4 +9,6 @@ export JAX_PLATFORMS=cpu
 # The 8-device sharding tests run collectives on simulated CPU devices: on 2 loaded cores a
 # device thread can miss XLA's 40 s rendezvous deadline, so it is raised.
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_collective_call_terminate_timeout_seconds=600"
-exec "$ROOT/.venv/bin/python" -m pytest -q -n 2 --durations=15 tests "$@"
+# --maxschedchunk=1: each worker takes the next test when it is free (tests are seconds to
+# minutes long; chunks of them left one worker running alone at the end).
+exec "$ROOT/.venv/bin/python" -m pytest -q -n 2 --maxschedchunk=1 --durations=15 tests "$@"
