@@ -249,8 +249,9 @@ def _stored(identity: dict, evaluation: dict) -> dict:
 def _without_machine_keys(flat: dict) -> dict:
   """A copy of a config dict without _MACHINE_KEYS, without the keys added since some
   evaluations were stored where they hold the value those runs had (the stages'
-  checkpoint_key_defaults), and without f's settings (policy.decoder_*) for the modes
-  that fit no f: older stored identities still match."""
+  checkpoint_key_defaults), and, for the modes that fit no f (behaviour cloning on true
+  actions), without f's settings (policy.decoder_*) and the world model's (lam.*; they
+  train on the tokenizer's tokens only): older stored identities still match."""
   flat = json.loads(json.dumps(flat))
   defaults = {**LatentActionStage.checkpoint_key_defaults, **PolicyStage.checkpoint_key_defaults}
   for dotted in _MACHINE_KEYS + tuple(defaults):
@@ -261,9 +262,10 @@ def _without_machine_keys(flat: dict) -> dict:
     if dotted not in defaults or node.get(leaf) == defaults[dotted]:
       node.pop(leaf, None)
   policy = flat.get("policy", {})
-  if policy.get("mode") in _MODES_WITHOUT_DECODER:  # f's settings do not touch these runs.
+  if policy.get("mode") in _MODES_WITHOUT_DECODER:  # Neither f nor a world model in these.
     for key in [k for k in policy if k.startswith("decoder_")]:
       policy.pop(key)
+    flat.pop("lam", None)
   return flat
 
 

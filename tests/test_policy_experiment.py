@@ -99,14 +99,16 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
   config.policy.num_labels += 1
   assert policy_experiment._config_identity(config) != identities[1]
   config.policy.num_labels -= 1
-  # The behaviour-cloning baselines fit no f: its settings leave their identity alone
-  # (true-action evaluations stored before early stopping existed still match), while
-  # what they do train still counts.
+  # The behaviour-cloning baselines fit no f and use no world model: f's settings and the
+  # world model's leave their identity alone (true-action evaluations stored before early
+  # stopping existed still match), while what they do train still counts.
   for mode in ("true_actions", "labelled"):
     config.policy.mode = mode
     baseline = policy_experiment._config_identity(config)
     config.policy.decoder_validation_fraction, config.policy.decoder_steps = 0.0, 7
+    config.lam.slot_reconstruction_changed_weight += 1.0
     assert policy_experiment._config_identity(config) == baseline
+    config.lam.slot_reconstruction_changed_weight -= 1.0
     config.policy.hidden += 1
     assert policy_experiment._config_identity(config) != baseline
     config.policy.hidden -= 1
@@ -114,6 +116,9 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
   config.policy.mode = "pseudo_labels"
   config.policy.decoder_steps = 7
   assert policy_experiment._config_identity(config) != identities[1]
+  pseudo_labels = policy_experiment._config_identity(config)
+  config.lam.slot_reconstruction_changed_weight += 1.0  # Pseudo-labels: the world model counts.
+  assert policy_experiment._config_identity(config) != pseudo_labels
 
 
 def test_only_names_an_unknown_policy_in_one_line(tmp_path):
