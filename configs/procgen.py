@@ -36,4 +36,7 @@ def get_config(arg: str = "tokenizer"):
   lam.scene_action_levels = (2, 2, 2, 2)  # One agent acts: the scene action has 16 codes too.
   lam.d_model = 256
   lam.num_blocks = 2
+  # The slot reconstruction's plain mean over patches: multigrid.py's 10x weight of the
+  # moving patches is measured on Multigrid only (experiments/README.md).
+  lam.slot_reconstruction_changed_weight = 1.0
   return config

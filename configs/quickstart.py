@@ -60,16 +60,10 @@ def get_config(arg: str = "flam"):
 
   config.eval.window_stride = 2
   # 2e-3: the slots bind to the agents sooner, and the actions are used once they do. On a
-  # 2-core Intel CPU: used in 2 of 4 runs (seeds 0-3, Delta PSNR_1 1.19 +- 1.38 dB) against
-  # 0 of 3 at 1e-3 (seeds 0-2, -0.07 +- 0.11 dB); experiments/README.md, "the quickstart
-  # across seeds".
+  # 2-core Intel CPU, with the slot reconstruction's plain mean: used in 2 of 4 runs (seeds
+  # 0-3, Delta PSNR_1 1.19 +- 1.38 dB) against 0 of 3 at 1e-3 (seeds 0-2, -0.07 +- 0.11 dB);
+  # with its moving patches weighed 10x (configs/multigrid.py) in 4 of 4 (1.78 +- 0.39);
+  # experiments/README.md, "the quickstart across seeds".
   config.optim.learning_rate = 2e-3
-  # The slot reconstruction (configs/multigrid.py) counts the patches whose token changes
-  # from a neighbouring frame 10x: 2 of the 64 patches hold the agents, and with the plain
-  # mean the slots bound late or not at all on 2 of 4 seeds. 2-core Intel, seeds 0-3:
-  # Delta PSNR_1 1.89 / 2.27 / 1.43 / 1.51 dB against 2.15 / 0.04 / 2.60 / -0.02; 4x left
-  # seed 1 unbound and seeds 0 and 3 below 0.5 dB (experiments/README.md, "the quickstart
-  # across seeds").
-  config.lam.slot_reconstruction_changed_weight = 10.0
   config.optim.warmup_steps = 50
   return config

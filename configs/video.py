@@ -54,5 +54,9 @@ def get_config(arg: str = "tokenizer"):
   lam.scene_action_levels = (2, 2, 2, 2, 2)  # LAM / OC+LAM: one scene action, 32 codes.
   lam.subtoken_sizes = (128, 128)
   lam.prediction_steps = 5
+  # The slot reconstruction's plain mean over patches: multigrid.py's 10x weight of the
+  # moving patches is measured on Multigrid only, where few patches move (a moving camera
+  # changes most of them).
+  lam.slot_reconstruction_changed_weight = 1.0
   config.data.window_length = 1 if variant == "tokenizer" else 10
   return config

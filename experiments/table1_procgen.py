@@ -92,6 +92,9 @@ class ProcgenExperiment(runner.Experiment):
     config.data.generate.enabled = False
     config.lam.num_slots = self.video.num_slots
     config.lam.action_levels = config.lam.scene_action_levels = ACTION_LEVELS
+    # The plain mean, as in configs/procgen.py: the moving-patch weight is measured on
+    # Multigrid only, and the kept Procgen runs (results/cpu/table1_procgen) used it.
+    config.lam.slot_reconstruction_changed_weight = 1.0
     return config
 
   def ensure_data(self, num_agents: int) -> str:
