@@ -107,9 +107,10 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # LatentActionStage._slot_reconstruction_loss). Agents are a few patches of the frame, so
   # the plain mean is nearly all floor and walls. 10, measured on a 2-core Intel CPU at the
   # cpu setting (4 agents, seeds 0-2): FLAM's PSNR_1 27.63 +- 0.16 dB against 26.73 +- 0.25
-  # and Delta PSNR_1 3.67 +- 0.20 against 2.79 +- 0.32; flam_v2 and OC+LAM gain too; in the
-  # quickstart the actions were used on 4 of 4 seeds against 2 of 4 (experiments/README.md,
-  # "The slot reconstruction weighs what moves").
+  # and Delta PSNR_1 3.67 +- 0.20 against 2.79 +- 0.32; flam_v2's 31.31 +- 1.92 dB against
+  # 27.60 +- 0.93 and 7.42 +- 1.78 against 3.28 +- 1.19; OC+LAM's within its seeds' spread
+  # (24.75 against 24.49); in the quickstart the actions were used on 4 of 4 seeds against
+  # 2 of 4 (experiments/README.md, "The slot reconstruction weighs what moves").
   # (LAM and WM have no slots: 1, which leaves their kept runs' configs as they were.)
   config.lam.slot_reconstruction_changed_weight = (
       10.0 if config.lam.variant in ("flam", "oc_lam") else 1.0)
