@@ -1,4 +1,5 @@
-"""Registers the `slow` marker: slow tests run only with --runslow or FLAM_RUN_SLOW=1."""
+"""Registers the `slow` marker (slow tests run only with --runslow or FLAM_RUN_SLOW=1) and
+gives the test session one persistent JAX compilation cache for the scripts it runs."""
 
 import os
 
@@ -25,3 +26,22 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def jax_cache(request, tmp_path_factory):
+  """A persistent compilation cache: pytest's cache folder (kept between sessions), or tmp."""
+  cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider.
+  if cache is not None:
+    return str(cache.mkdir("flam_jax_compilation_cache"))
+  return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocesses_share_compiled_programs(jax_cache):
+  """Every train.py / experiments/*.py process a test starts reads and writes `jax_cache`
+  ($JAX_COMPILATION_CACHE_DIR), so a program compiled by one (a tiny tokenizer or world
+  model step, an evaluation) is loaded by the next: the end-to-end tests spend most of their
+  time compiling the same tiny programs. The test process itself compiles as before (its
+  JAX was configured at import)."""
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", jax_cache)

@@ -86,15 +86,6 @@ def test_plots_are_pngs(tmp_path):
 
 
 # ---- End to end (slow). ----
-@pytest.fixture(scope="session")
-def jax_cache(request, tmp_path_factory):
-  """A persistent compilation cache: pytest's cache folder (kept between sessions), or tmp."""
-  cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider.
-  if cache is not None:
-    return str(cache.mkdir("flam_jax_compilation_cache"))
-  return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 # Faster XLA:CPU compiles (as scripts/test.sh); added once, so cache keys stay the same.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
                       "--xla_llvm_disable_expensive_passes=true")

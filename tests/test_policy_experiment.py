@@ -35,7 +35,7 @@ def test_every_setting_builds_its_task_and_policy_configs(tmp_path):
 def test_tiny_end_to_end_and_rerun_skips(tmp_path):
   root = str(tmp_path / "policy")
   cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny", "--seeds=0",
-         "--distractors=2", "--labels=5", f"--root={root}", "--compilation_cache=none"]
+         "--distractors=2", "--labels=5", f"--root={root}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   # --only: that policy alone, printed and not reported; the full run below reuses it.
   part = subprocess.run(cmd + ["--only=labelled"], cwd=ROOT, env=env, capture_output=True,
@@ -123,7 +123,7 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
 
 def test_only_names_an_unknown_policy_in_one_line(tmp_path):
   cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny",
-         "--only=labelled,flm", f"--root={tmp_path}", "--compilation_cache=none"]
+         "--only=labelled,flm", f"--root={tmp_path}"]
   out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2, out.stderr[-2000:]

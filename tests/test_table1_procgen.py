@@ -48,7 +48,7 @@ def test_tiny_end_to_end_on_a_stand_in_dataset_and_rerun_skips(tmp_path):
   config = settings.tokenizer_config(settings.get_setting("tiny"), 1, data_dir)
   train.write_dataset(config, data_dir, progress=False)
   cmd = [sys.executable, os.path.join("experiments", "table1_procgen.py"), "--setting=tiny",
-         "--seeds=0", f"--root={root}", "--compilation_cache=none"]
+         "--seeds=0", f"--root={root}"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -63,7 +63,7 @@ def test_tiny_end_to_end_on_a_stand_in_dataset_and_rerun_skips(tmp_path):
 
 def test_unknown_setting_is_one_line(tmp_path):
   cmd = [sys.executable, os.path.join("experiments", "table1_procgen.py"), "--setting=small",
-         f"--root={tmp_path}", "--compilation_cache=none"]
+         f"--root={tmp_path}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
