@@ -93,11 +93,12 @@ FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
 
 # 30 minutes: a tiny experiment takes ~3-5 on 2 idle cores, but CI machines may be shared
 # (two of them ran past 15 minutes on 2 cores shared with two trainings, 2026-12-01).
-def _run(script, root, jax_cache, *extra, timeout=1800):
+def _run(script, root, *extra, timeout=1800):
+  """The script at the tiny setting; it shares the session's compilation cache (conftest)."""
   xla_flags = os.environ.get("XLA_FLAGS", "").split()
   xla_flags += [f for f in FAST_COMPILE_FLAGS if f not in xla_flags]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             JAX_COMPILATION_CACHE_DIR=jax_cache, XLA_FLAGS=" ".join(xla_flags))
+             XLA_FLAGS=" ".join(xla_flags))
   cmd = [sys.executable, os.path.join("experiments", script), "--setting=tiny", "--seeds=0",
          f"--root={root}", *extra]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -119,19 +120,19 @@ def _finite(stat):
 
 
 @pytest.mark.slow
-def test_table1_end_to_end_and_rerun_skips(tmp_path, jax_cache):
+def test_table1_end_to_end_and_rerun_skips(tmp_path):
   root = str(tmp_path / "table1")
   # Parallel-friendly parts first (benchmarks/device_experiment.sh): the tokenizer alone,
   # then two runs trained only, then one evaluated without a report.
   for extra, trained in ((("--only=tokenizer",), "tokenizer"),
                          (("--only=flam,wm", "--train_only"), "flam_2a seed 0"),
                          (("--only=lam",), "lam_2a seed 0")):
-    out = _run("table1.py", root, jax_cache, *extra)
+    out = _run("table1.py", root, *extra)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f"{trained}: training" in out.stdout or f"{trained} (2 agents): training" in out.stdout
     assert not os.path.exists(os.path.join(root, "results.json")), extra
   assert "evaluating" not in out.stdout.replace("lam_2a: evaluating", "")
-  out = _run("table1.py", root, jax_cache)
+  out = _run("table1.py", root)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert out.stdout.count(": training ") == 2 and out.stdout.count("evaluation cached") == 1
   results, markdown = _results(root)
@@ -145,16 +146,16 @@ def test_table1_end_to_end_and_rerun_skips(tmp_path, jax_cache):
   assert set(results["run_info"]) == {
       f"{v}_2a/seed0" for v in ("wm", "lam", "oc_lam", "flam", "lam_joint")}
 
-  again = _run("table1.py", root, jax_cache)  # Idempotent: nothing is trained or evaluated.
+  again = _run("table1.py", root)  # Idempotent: nothing is trained or evaluated.
   assert again.returncode == 0, again.stderr[-3000:]
   assert ": training " not in again.stdout and again.stdout.count("skipping") == 6
   assert again.stdout.count("evaluation cached") == 5
 
 
 @pytest.mark.slow
-def test_table2_end_to_end(tmp_path, jax_cache):
+def test_table2_end_to_end(tmp_path):
   root = str(tmp_path / "table2")
-  out = _run("table2.py", root, jax_cache)
+  out = _run("table2.py", root)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results, markdown = _results(root)
   assert results["entities"] == [1, 2]
@@ -167,9 +168,9 @@ def test_table2_end_to_end(tmp_path, jax_cache):
 
 
 @pytest.mark.slow
-def test_aggregation_end_to_end(tmp_path, jax_cache):
+def test_aggregation_end_to_end(tmp_path):
   root = str(tmp_path / "aggregation")
-  out = _run("aggregation.py", root, jax_cache)
+  out = _run("aggregation.py", root)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results, markdown = _results(root)
   for label in ("flam", "flam_regression"):
@@ -179,9 +180,9 @@ def test_aggregation_end_to_end(tmp_path, jax_cache):
 
 
 @pytest.mark.slow
-def test_slot_init_end_to_end(tmp_path, jax_cache):
+def test_slot_init_end_to_end(tmp_path):
   root = str(tmp_path / "slot_init")
-  out = _run("slot_init.py", root, jax_cache)
+  out = _run("slot_init.py", root)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   results, markdown = _results(root)
   assert len(results["stats"]) == 6
@@ -197,8 +198,8 @@ def test_slot_init_end_to_end(tmp_path, jax_cache):
     ("table2.py", "--entities=32", "--entities"),
     ("slot_init.py", "--steps_scale=0", "--steps_scale"),
 ])
-def test_bad_flags_give_one_line_errors(tmp_path, jax_cache, script, flag, message):
-  out = _run(script, str(tmp_path / "r"), jax_cache, flag, timeout=120)
+def test_bad_flags_give_one_line_errors(tmp_path, script, flag, message):
+  out = _run(script, str(tmp_path / "r"), flag, timeout=120)
   assert out.returncode == 2, out.stderr[-3000:]
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, out.stderr[-3000:]
