@@ -36,6 +36,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top
 from experiments import common, runner, settings
 from experiments import plots as plots_lib
 from experiments import report as report_lib
+from flam_jax.lib import config_utils
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.policy import PolicyStage
 
@@ -188,6 +189,7 @@ class PolicyExperiment(runner.Experiment):
     identity = _config_identity(config)
     evaluation = runner.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
+      _check_trained_as(config, workdir)
       runner.write_json(stored_path, _stored(identity, evaluation))
       return evaluation
     stored = runner.read_json(stored_path)
@@ -225,6 +227,11 @@ _MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
                  "policy.lam_workdir", "progress_bar") + LatentActionStage.checkpoint_ignored_keys
 
 
+# Keys added after some runs were saved, with the value those runs had.
+_KEY_DEFAULTS = {**LatentActionStage.checkpoint_key_defaults,
+                 **PolicyStage.checkpoint_key_defaults}
+
+
 # policy.mode values of the behaviour-cloning baselines (no world model, so no decoder f).
 _MODES_WITHOUT_DECODER = tuple(m[1] for m in MODES if m[2] is None)
 
@@ -240,6 +247,30 @@ def _config_identity(config) -> dict:
   return _without_machine_keys(json.loads(json.dumps(config.to_dict(), default=str)))
 
 
+def _check_trained_as(config, workdir: str) -> None:
+  """Raises CheckpointError (one line) where the finished policy in `workdir` was trained
+  with another config than `config` (its identity), world model keys (lam.*) included:
+  the policy stage's own checkpoint keys leave those out, so a policy fitted to the latent
+  actions of a world model since retrained would otherwise be reported as current."""
+  from flam_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib import checkpointing  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib.config_utils import flatten_dict  # pylint: disable=g-import-not-at-top
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "policy", "checkpoints"),
+                                    async_save=False)
+  try:
+    saved = flatten_dict(_without_machine_keys(ckpt.restore_config()))
+  finally:
+    ckpt.close()
+  current = flatten_dict(_config_identity(config_utils.stage_config(config, "policy")))
+  for name in sorted(set(saved) | set(current)):
+    if saved.get(name) != current.get(name):
+      was, now = (d.get(name, _KEY_DEFAULTS.get(name)) for d in (saved, current))
+      raise CheckpointError(
+          f"the policy in {workdir} was trained with config.{name}={was!r} but the "
+          f"experiment now has {now!r}; delete {workdir} (and its world model if "
+          "the key is lam.*) to train it again, or pass another --runs_root")
+
+
 def _stored(identity: dict, evaluation: dict) -> dict:
   """What <root>/<setting>/evaluations/ keeps: the config identity, the evaluation and the
   device it was trained on (seeds of one report may come from different machines)."""
@@ -253,7 +284,7 @@ def _without_machine_keys(flat: dict) -> dict:
   actions), without f's settings (policy.decoder_*) and the world model's (lam.*; they
   train on the tokenizer's tokens only): older stored identities still match."""
   flat = json.loads(json.dumps(flat))
-  defaults = {**LatentActionStage.checkpoint_key_defaults, **PolicyStage.checkpoint_key_defaults}
+  defaults = _KEY_DEFAULTS
   for dotted in _MACHINE_KEYS + tuple(defaults):
     *parents, leaf = dotted.split(".")
     node = flat

@@ -103,6 +103,7 @@ class Experiment:
   def _train(self, config: ConfigDict, workdir: str, stage: str, what: str, key: str) -> None:
     done = latest_step(os.path.join(workdir, stage, "checkpoints"))
     if done is not None and done >= config.num_train_steps:
+      check_finished_run(config, workdir, stage)
       print(f"[{self.name}] {what}: finished at step {done}, skipping ({workdir})", flush=True)
       return
     resume = f", resuming at step {done}" if done else ""
@@ -150,7 +151,11 @@ class Experiment:
       settings.update({k: v for k, v in self.setting.eval.items() if k in settings})
       settings.update(workdirs=",".join(workdirs[1:]), steps="")
       # The metric names are in the key: evaluations cached before a metric was added rerun.
-      key = dict(workdirs=workdirs, steps=steps, settings=settings,
+      # The checkpoints' fingerprints too: a run deleted and trained again to the same step
+      # (after a default changed) must not reuse the old model's evaluation.
+      key = dict(workdirs=workdirs, steps=steps, fingerprints=[
+          checkpoint_fingerprint(os.path.join(w, "lam", "checkpoints"), s)
+          for w, s in zip(workdirs, steps)], settings=settings,
                  metrics=list(evaluator.PER_STEP_KEYS)
                  + [f"probe_{k}" for k in evaluator.PROBE_KEYS])
       cache = os.path.join(self.runs_dir, "evals", f"{group}.json")
@@ -235,6 +240,34 @@ def enable_compilation_cache(where: str, default_dir: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir",
                     os.path.abspath(default_dir if where == "auto" else where))
+
+
+def check_finished_run(config: ConfigDict, workdir: str, stage: str) -> None:
+  """Raises CheckpointError (one line) where the finished run `workdir` was trained with a
+  config other than `config`: an experiment whose default changed must not report runs of
+  the old one under the new name (train.py checks the same when it resumes)."""
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
+  from flam_jax.lib import checkpointing, trainer  # pylint: disable=g-import-not-at-top
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, stage, "checkpoints"), async_save=False)
+  try:
+    saved = ckpt.restore_config()
+  finally:
+    ckpt.close()
+  trainer.check_saved_config(
+      train.stage_class(stage), config, saved, ckpt.directory,
+      fix=f"delete {workdir} to train it again with this config, or pass another --runs_root")
+
+
+def checkpoint_fingerprint(checkpoint_dir: str, step: Optional[int]) -> Optional[str]:
+  """`Checkpointer.fingerprint` of `step` in `checkpoint_dir` (None without that step)."""
+  if step is None:
+    return None
+  from flam_jax.lib import checkpointing  # pylint: disable=g-import-not-at-top
+  ckpt = checkpointing.Checkpointer(checkpoint_dir, async_save=False)
+  try:
+    return ckpt.fingerprint(step)
+  finally:
+    ckpt.close()
 
 
 def latest_step(checkpoint_dir: str) -> Optional[int]:

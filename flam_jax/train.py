@@ -75,17 +75,22 @@ def ensure_dataset(config, workdir: str) -> None:
       write_dataset(config, config.data.dir)
 
 
+def stage_class(name: str):
+  """The class of the training stage `name` (its checkpoint_keys say what a checkpoint of it
+  must match)."""
+  from flam_jax.stages import lam, policy, tokenizer  # pylint: disable=g-import-not-at-top
+  classes = dict(tokenizer=tokenizer.TokenizerStage, lam=lam.LatentActionStage,
+                 policy=policy.PolicyStage)
+  if name not in classes:
+    raise ConfigError(f"config.stage={name!r} is not one of {tuple(classes)}; "
+                      "set --config.stage accordingly")
+  return classes[name]
+
+
 def make_stage(config, workdir: str):
   """The stage object named by config.stage (a single stage)."""
-  from flam_jax.stages import lam, policy, tokenizer  # pylint: disable=g-import-not-at-top
-  if config.stage == "tokenizer":
-    return tokenizer.TokenizerStage(config)
-  if config.stage == "lam":
-    return lam.LatentActionStage.build(config, workdir)
-  if config.stage == "policy":
-    return policy.PolicyStage.build(config, workdir)
-  raise ConfigError(f"config.stage={config.stage!r} is not one of {STAGES}; "
-                    "set --config.stage accordingly")
+  cls = stage_class(config.stage)
+  return cls(config) if config.stage == "tokenizer" else cls.build(config, workdir)
 
 
 def _print_summary(stage_name: str, workdir: str, summary: dict) -> None:

@@ -48,3 +48,19 @@ def test_tree_fingerprint_names_the_exact_arrays():
   changed = {"dense": {"kernel": params["dense"]["kernel"], "bias": np.full(3, 1e-6, np.float32)}}
   assert checkpointing.tree_fingerprint(params) == checkpointing.tree_fingerprint(same)
   assert checkpointing.tree_fingerprint(params) != checkpointing.tree_fingerprint(changed)
+
+
+def test_fingerprint_tells_a_model_trained_again_to_the_same_step(tmp_path):
+  def saved(name, value):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / name), async_save=False)
+    ckpt.save(3, {"w": np.full(4, value, np.float32)}, None, ConfigDict({"stage": "lam"}))
+    ckpt.wait()
+    try:
+      return ckpt.fingerprint(3), ckpt.fingerprint()
+    finally:
+      ckpt.close()
+
+  first, latest = saved("a", 1.0)
+  assert first == latest and len(first) == 8
+  assert saved("b", 1.0)[0] == first  # The same arrays: the same fingerprint.
+  assert saved("c", 2.0)[0] != first

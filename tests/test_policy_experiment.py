@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
 from experiments import runner, settings
 from experiments import policy as policy_experiment
+from flam_jax.errors import CheckpointError
+from flam_jax.lib import checkpointing, config_utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,6 +122,46 @@ def test_stored_evaluations_match_configs_without_their_paths_or_remat(tmp_path)
   pseudo_labels = policy_experiment._config_identity(config)
   config.lam.slot_reconstruction_changed_weight += 1.0  # Pseudo-labels: the world model counts.
   assert policy_experiment._config_identity(config) != pseudo_labels
+
+
+def _finished_checkpoint(stage_dir, config, step):
+  """A finished checkpoint as a run leaves it: its saved config is what is checked."""
+  ckpt = checkpointing.Checkpointer(os.path.join(stage_dir, "checkpoints"), async_save=False)
+  ckpt.save(step, {"w": np.zeros(2, np.float32)}, None, config)
+  ckpt.wait()
+  ckpt.close()
+
+
+def test_finished_runs_of_another_config_are_refused_not_reported(tmp_path):
+  """A rerun after a default changed must not skip (and report) the old runs as current:
+  the world model's check names the key, and so does the policy's, whose own stage keys
+  leave the world model's (lam.*) out."""
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  ps = policy_experiment.POLICY_SETTINGS["tiny"]
+  experiment = policy_experiment.PolicyExperiment(ps, "policy", settings.get_setting("tiny"),
+                                                  str(tmp_path), compilation_cache="none")
+  world_model = experiment.config(runner.Run("flam", "flam", 3, 0))
+  workdir = str(tmp_path / "flam" / "seed0")
+  _finished_checkpoint(os.path.join(workdir, "lam"), world_model, world_model.num_train_steps)
+  runner.check_finished_run(world_model, workdir, "lam")  # The same config: skipped.
+  world_model.lam.remat_chunks = 4  # How a step runs, not what it trains: still skipped.
+  runner.check_finished_run(world_model, workdir, "lam")
+  world_model.lam.slot_reconstruction_changed_weight += 1.0
+  with pytest.raises(CheckpointError, match=r"slot_reconstruction_changed_weight=10.0 but the "
+                     r"config now has 11.0; delete .*seed0 to train it again"):
+    runner.check_finished_run(world_model, workdir, "lam")
+
+  config, _ = experiment.policy_config(3, "flam", 10, 0)
+  policy_dir = str(tmp_path / "policy" / "seed0")
+  trained = config_utils.stage_config(config, "policy")  # What train.run saves.
+  trained.policy.lam_workdir = workdir  # A path: another machine's may differ.
+  _finished_checkpoint(os.path.join(policy_dir, "policy"), trained, config.num_train_steps)
+  policy_experiment._check_trained_as(config, policy_dir)
+  config.lam.slot_reconstruction_changed_weight += 1.0  # Its world model was retrained.
+  with pytest.raises(CheckpointError, match=r"policy in .* was trained with config.lam."
+                     r"slot_reconstruction_changed_weight=10.0 but the experiment now has 11.0"):
+    policy_experiment._check_trained_as(config, policy_dir)
 
 
 def test_only_names_an_unknown_policy_in_one_line(tmp_path):

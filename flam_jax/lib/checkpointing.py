@@ -47,14 +47,15 @@ def _lookup(tree: dict, dotted: str):
 
 
 def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str], where: str,
-                     ignored: Iterable[str] = (), defaults: Optional[Dict[str, Any]] = None
-                     ) -> None:
+                     ignored: Iterable[str] = (), defaults: Optional[Dict[str, Any]] = None,
+                     fix: Optional[str] = None) -> None:
   """Raises CheckpointError naming the first config key (under dotted `keys`) that differs.
 
   `ignored`: dotted keys that change how a step runs but not what it computes (e.g.
   lam.remat), so a run may resume with them changed or missing from an older checkpoint.
   `defaults`: {dotted key: value} of keys added after some checkpoints were written: a
   saved config without the key was trained with that value (see with_defaults).
+  `fix`: what the message tells the user to do (default: a new --workdir or the old value).
   """
   current_config = _normalise(config.to_dict())
   saved = flatten_dict({k: _lookup(saved_config, k) for k in keys})
@@ -64,8 +65,8 @@ def check_compatible(saved_config: dict, config: ConfigDict, keys: Iterable[str]
     if _normalise(saved.get(name)) != current.get(name):
       raise CheckpointError(
           f"checkpoint in {where} was written with config.{name}={saved.get(name)!r} but the "
-          f"config now has {current.get(name)!r}; use a new --workdir, or set "
-          f"--config.{name} back to match the checkpoint")
+          f"config now has {current.get(name)!r}; " + (fix or (
+              f"use a new --workdir, or set --config.{name} back to match the checkpoint")))
 
 
 def with_defaults(flat: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
@@ -196,6 +197,17 @@ class Checkpointer:
       return None
     return self._manager.restore(
         step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
+
+  def fingerprint(self, step: Optional[int] = None) -> Optional[str]:
+    """CRC32 of `step`'s integrity manifest (the checksums of every array it saved): tells a
+    model trained again into the same directory to the same step from the one before, so
+    caches keyed by it are not reused. None for a step saved before manifests existed."""
+    step = self.latest_step() if step is None else step
+    manifest = self._manifest(step)
+    if manifest is None:
+      return None
+    checksums = json.dumps(manifest.get("checksums", {}), sort_keys=True).encode()
+    return f"{zlib.crc32(checksums) & 0xffffffff:08x}"
 
   def restore_config(self, step: Optional[int] = None) -> dict:
     step = self.latest_step() if step is None else step

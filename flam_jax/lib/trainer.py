@@ -172,6 +172,17 @@ class NonFiniteGuard:
         "such steps")
 
 
+def check_saved_config(stage, config: ConfigDict, saved_config: dict, where: str,
+                       fix: Optional[str] = None) -> None:
+  """Raises CheckpointError where a checkpoint's saved config differs from `config` in a key
+  the stage (an object or its class) checkpoints: its checkpoint_keys, less the keys it may
+  change (checkpoint_ignored_keys), with the value older checkpoints had for newer keys
+  (checkpoint_key_defaults)."""
+  checkpointing.check_compatible(saved_config, config, stage.checkpoint_keys, where,
+                                 ignored=getattr(stage, "checkpoint_ignored_keys", ()),
+                                 defaults=getattr(stage, "checkpoint_key_defaults", {}), fix=fix)
+
+
 def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
   """Trains `stage` for config.num_train_steps, resuming from `stage_dir` if it has checkpoints.
 
@@ -201,9 +212,7 @@ def train(stage, config: ConfigDict, stage_dir: str) -> Dict[str, Any]:
                                     max_to_keep=config.keep_checkpoints)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(abstract_like(state), data_iter, check_config=lambda saved: (
-        checkpointing.check_compatible(saved, config, stage.checkpoint_keys, ckpt.directory,
-                                       ignored=getattr(stage, "checkpoint_ignored_keys", ()),
-                                       defaults=getattr(stage, "checkpoint_key_defaults", {}))))
+        check_saved_config(stage, config, saved, ckpt.directory)))
     if is_chief:
       print(f"Resumed from {ckpt.directory} at step {int(jax.device_get(state.step))}",
             flush=True)
