@@ -32,6 +32,7 @@ from typing import Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
+from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
 
 from experiments import common, runner, settings
 from experiments import plots as plots_lib
@@ -252,23 +253,18 @@ def _check_trained_as(config, workdir: str) -> None:
   with another config than `config` (its identity), world model keys (lam.*) included:
   the policy stage's own checkpoint keys leave those out, so a policy fitted to the latent
   actions of a world model since retrained would otherwise be reported as current."""
-  from flam_jax.errors import CheckpointError  # pylint: disable=g-import-not-at-top
   from flam_jax.lib import checkpointing  # pylint: disable=g-import-not-at-top
-  from flam_jax.lib.config_utils import flatten_dict  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "policy", "checkpoints"),
                                     async_save=False)
   try:
-    saved = flatten_dict(_without_machine_keys(ckpt.restore_config()))
+    saved = _without_machine_keys(ckpt.restore_config())
   finally:
     ckpt.close()
-  current = flatten_dict(_config_identity(config_utils.stage_config(config, "policy")))
-  for name in sorted(set(saved) | set(current)):
-    if saved.get(name) != current.get(name):
-      was, now = (d.get(name, _KEY_DEFAULTS.get(name)) for d in (saved, current))
-      raise CheckpointError(
-          f"the policy in {workdir} was trained with config.{name}={was!r} but the "
-          f"experiment now has {now!r}; delete {workdir} (and its world model if "
-          "the key is lam.*) to train it again, or pass another --runs_root")
+  current = _config_identity(config_utils.stage_config(config, "policy"))
+  checkpointing.check_compatible(
+      saved, ConfigDict(current), sorted(set(saved) | set(current)), ckpt.directory,
+      defaults=_KEY_DEFAULTS, fix=f"delete {workdir} (and its world model if the key is lam.*) "
+      "to train it again, or pass another --runs_root")
 
 
 def _stored(identity: dict, evaluation: dict) -> dict:

@@ -159,8 +159,9 @@ def test_finished_runs_of_another_config_are_refused_not_reported(tmp_path):
   _finished_checkpoint(os.path.join(policy_dir, "policy"), trained, config.num_train_steps)
   policy_experiment._check_trained_as(config, policy_dir)
   config.lam.slot_reconstruction_changed_weight += 1.0  # Its world model was retrained.
-  with pytest.raises(CheckpointError, match=r"policy in .* was trained with config.lam."
-                     r"slot_reconstruction_changed_weight=10.0 but the experiment now has 11.0"):
+  with pytest.raises(CheckpointError, match=r"policy/checkpoints was written with config.lam."
+                     r"slot_reconstruction_changed_weight=10.0 but the config now has 11.0; "
+                     r"delete .*seed0 \(and its world model"):
     policy_experiment._check_trained_as(config, policy_dir)
 
 
