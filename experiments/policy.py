@@ -37,6 +37,7 @@ from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
 from experiments import common, runner, settings
 from experiments import plots as plots_lib
 from experiments import report as report_lib
+from flam_jax import filesystem
 from flam_jax.lib import config_utils
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.policy import PolicyStage
@@ -188,12 +189,12 @@ class PolicyExperiment(runner.Experiment):
     path = os.path.join(workdir, "policy", "evaluation.json")
     stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed)
     identity = _config_identity(config)
-    evaluation = runner.read_json(path)
+    evaluation = filesystem.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
       _check_trained_as(config, workdir)
-      runner.write_json(stored_path, _stored(identity, evaluation))
+      filesystem.write_json(stored_path, _stored(identity, evaluation), default=str)
       return evaluation
-    stored = runner.read_json(stored_path)
+    stored = filesystem.read_json(stored_path)
     if (stored and _without_machine_keys(stored.get("config", {})) == identity
         and stored["evaluation"]["key"]["step"] >= steps):
       print(f"[{self.name}] policy {mode_label}, {num_agents - 1} distractors, {labels} labels, "
@@ -213,7 +214,7 @@ class PolicyExperiment(runner.Experiment):
     runner.release_memory()
     if summary.get("preempted"):
       sys.exit(143)
-    runner.write_json(stored_path, _stored(identity, summary["evaluation"]))
+    filesystem.write_json(stored_path, _stored(identity, summary["evaluation"]), default=str)
     return summary["evaluation"]
 
   def stored_evaluation_path(self, num_agents: int, mode: str, labels: int, seed: int) -> str:

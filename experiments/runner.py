@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ml_collections import ConfigDict
 
 from experiments.settings import Setting, lam_config, settings_summary, tokenizer_config
+from flam_jax import filesystem
 
 @dataclasses.dataclass(frozen=True)
 class Run:
@@ -119,9 +120,9 @@ class Experiment:
       print(f"[{self.name}] preempted during {what}; re-run the same command to resume.",
             flush=True)
       sys.exit(143)
-    write_json(os.path.join(workdir, stage, "experiment_run.json"),
-               dict(seconds=seconds, steps=int(config.num_train_steps),
-                    resumed_from=done, devices=hardware()))
+    filesystem.write_json(os.path.join(workdir, stage, "experiment_run.json"),
+                          dict(seconds=seconds, steps=int(config.num_train_steps),
+                               resumed_from=done, devices=hardware()), default=str)
 
   def ensure_run(self, run: Run) -> str:
     """Trains `run` (and its data and tokenizer) unless its checkpoint is finished."""
@@ -159,7 +160,7 @@ class Experiment:
                  metrics=list(evaluator.PER_STEP_KEYS)
                  + [f"probe_{k}" for k in evaluator.PROBE_KEYS])
       cache = os.path.join(self.runs_dir, "evals", f"{group}.json")
-      cached = read_json(cache)
+      cached = filesystem.read_json(cache)
       if cached and cached.get("key") == json.loads(json.dumps(key)):
         print(f"[{self.name}] {group}: evaluation cached ({cache})", flush=True)
         out[group] = cached["metrics"]
@@ -172,7 +173,7 @@ class Experiment:
       self.timings[f"eval/{group}"] = time.time() - start
       results = summary["runs"] if "runs" in summary else [summary]
       metrics = [{k: v for k, v in r.items() if _jsonable(v)} for r in results]
-      write_json(cache, dict(key=key, metrics=metrics))
+      filesystem.write_json(cache, dict(key=key, metrics=metrics), default=str)
       out[group] = metrics
       release_memory()
     return out
@@ -211,7 +212,7 @@ class Experiment:
     md_path = os.path.join(self.out_dir, "results.md")
     with open(md_path, "w") as f:
       f.write(markdown)
-    write_json(os.path.join(self.out_dir, "results.json"), payload)
+    filesystem.write_json(os.path.join(self.out_dir, "results.json"), payload, default=str)
     for name in ("results.md", "results.json"):
       shutil.copyfile(os.path.join(self.out_dir, name), os.path.join(self.root, name))
     print("\n" + markdown, flush=True)
@@ -222,7 +223,7 @@ class Experiment:
     """{group/seedK: training time and steps} of every run, from experiment_run.json."""
     out = {}
     for run in runs:
-      info = read_json(os.path.join(self.workdir(run), "lam", "experiment_run.json"))
+      info = filesystem.read_json(os.path.join(self.workdir(run), "lam", "experiment_run.json"))
       if info:
         out[f"{run.group}/seed{run.seed}"] = info
     return out
@@ -292,24 +293,6 @@ def _jsonable(value) -> bool:
     return True
   except (TypeError, ValueError):
     return False
-
-
-def read_json(path: str) -> Optional[dict]:
-  """The JSON in `path`, or None when it is missing or unreadable (a cache miss)."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def write_json(path: str, payload: Any) -> None:
-  """Writes `payload` as JSON to `path` atomically (a temporary file, then a rename)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, default=str)
-  os.replace(tmp, path)
 
 
 def _cpu_model() -> str:

@@ -14,14 +14,13 @@ metrics that need the missing masks or actions are skipped, listed with the reas
 under "skipped" in metrics.json and below the table. wm cannot run without actions.
 """
 
-import json
 import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 from ml_collections import ConfigDict
 
-from flam_jax import cli
+from flam_jax import cli, filesystem
 from flam_jax.data import pipeline
 from flam_jax.errors import ConfigError
 from flam_jax.lib import eval_step, loading, sharding
@@ -152,11 +151,7 @@ def evaluate_workdir(workdir: str, settings: Dict[str, Any],
   summary = dict(results[0]) if len(results) == 1 else dict(runs=results)
   out_path = os.path.join(os.path.abspath(workdir), "eval", "metrics.json")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(summary, f, indent=2)
-    os.replace(tmp, out_path)
+    filesystem.write_json(out_path, summary)
     print(f"\nEvaluation of {config.lam.variant} on {data_dir} ({settings['split']}):\n")
     print(table)
     print(f"\n  metrics: {out_path}", flush=True)

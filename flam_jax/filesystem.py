@@ -1,5 +1,7 @@
-"""Early checks of output paths, so a bad path fails in one line before any model is built."""
+"""Early checks of output paths, so a bad path fails in one line before any model is built;
+small JSON files read leniently and written atomically (caches, evaluations)."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -61,3 +63,22 @@ def check_input_dir(path: str, flag: str) -> str:
     raise DataError(f"{flag}={path} is a file, not a dataset directory; point it at the "
                     "directory that holds metadata.json")
   return path
+
+
+def read_json(path: str):
+  """The JSON value in `path`, or None where it is missing or unreadable (a cache miss)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def write_json(path: str, payload, default=None) -> None:
+  """Writes `payload` atomically (its folder made if needed): a reader sees the old file or
+  the whole new one. `default` as json.dump's (e.g. str for values JSON cannot hold)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, default=default)
+  os.replace(tmp, path)

@@ -27,7 +27,6 @@ Entity-id masks, where a source has them: 0 floor, 1 wall, 2 + k agent k.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from array_record.python import array_record_module
 import numpy as np
 
+from flam_jax import filesystem
 from flam_jax.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
@@ -130,11 +130,7 @@ def write_split(out_dir: str, split: str, episodes: Iterable[Mapping[str, np.nda
 
 def write_metadata(out_dir: str, metadata: dict[str, Any]) -> None:
   """metadata.json, written last and atomically: its presence means the shards are complete."""
-  meta_path = os.path.join(out_dir, METADATA_FILE)
-  tmp_path = meta_path + ".tmp"
-  with open(tmp_path, "w") as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(tmp_path, meta_path)
+  filesystem.write_json(os.path.join(out_dir, METADATA_FILE), metadata)
 
 
 def remove_metadata(out_dir: str) -> None:

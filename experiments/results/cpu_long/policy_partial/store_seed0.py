@@ -25,7 +25,8 @@ sys.path.insert(0, ROOT)
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from experiments import policy as policy_experiment  # pylint: disable=g-import-not-at-top
-from experiments import runner, settings  # pylint: disable=g-import-not-at-top
+from experiments import settings  # pylint: disable=g-import-not-at-top
+from flam_jax import filesystem  # pylint: disable=g-import-not-at-top
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES = {  # (mode, labels): the file of this folder made by that policy with 4 distractors.
@@ -46,14 +47,14 @@ def main():
       policy_experiment.POLICY_SETTINGS["cpu_long"], "policy", settings.get_setting("cpu_long"),
       os.path.join(ROOT, "experiments", "results", "policy"), compilation_cache="none")
   for (mode, labels), name in FILES.items():
-    evaluation = runner.read_json(os.path.join(HERE, name))
+    evaluation = filesystem.read_json(os.path.join(HERE, name))
     config, _ = experiment.policy_config(5, mode, labels, seed=0)
     assert evaluation["key"]["step"] == config.num_train_steps, name
     if mode != "true_actions":
       assert evaluation["labelling"]["labelled"] == labels, name
     path = experiment.stored_evaluation_path(5, mode, labels, seed=0)
-    runner.write_json(path, dict(config=policy_experiment._config_identity(config),  # pylint: disable=protected-access
-                                 evaluation=evaluation))
+    filesystem.write_json(path, dict(config=policy_experiment._config_identity(config),  # pylint: disable=protected-access
+                                     evaluation=evaluation), default=str)
     print(path)
 
 

@@ -17,9 +17,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 5)))
-from experiments import policy, runner  # pylint: disable=g-import-not-at-top
+from experiments import policy  # pylint: disable=g-import-not-at-top
 from experiments import settings as settings_lib  # pylint: disable=g-import-not-at-top
-from flam_jax import evaluate  # pylint: disable=g-import-not-at-top
+from flam_jax import evaluate, filesystem  # pylint: disable=g-import-not-at-top
 from flam_jax.lib import checkpointing  # pylint: disable=g-import-not-at-top
 
 POLICY_ITERATIONS = 6
@@ -73,7 +73,7 @@ config, _ = experiment.policy_config(agents, "flam_v2", 1000, seed)
 config.policy.lam_workdir = lam_workdir
 workdir = os.path.join(runs, f"goal_policy_{agents}a",
                        f"flam_v2_sampledinit_frame0x{POLICY_ITERATIONS}_1000", f"seed{seed}")
-evaluation = runner.read_json(os.path.join(workdir, "policy", "evaluation.json"))
+evaluation = filesystem.read_json(os.path.join(workdir, "policy", "evaluation.json"))
 if not evaluation or evaluation["key"]["step"] < config.num_train_steps:
   from flam_jax import train  # pylint: disable=g-import-not-at-top
   checkpointing.Checkpointer.restore_config = with_frame0_iterations(

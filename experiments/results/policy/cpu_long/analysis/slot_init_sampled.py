@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), *[".."] * 5)))
 from experiments import policy, runner, settings  # pylint: disable=g-import-not-at-top
+from flam_jax import filesystem  # pylint: disable=g-import-not-at-top
 
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 runs_root = sys.argv[2] if len(sys.argv) > 2 else "/work/runs/policy_cpu_long"
@@ -39,14 +40,14 @@ config, _ = experiment.policy_config(agents, "flam_v2", 1000, seed)
 config.policy.lam_workdir = experiment.workdir(sampled)
 workdir = os.path.join(experiment.runs_dir, f"goal_policy_{agents}a",
                        f"flam_v2_sampledinit{suffix}_1000", f"seed{seed}")
-evaluation = runner.read_json(os.path.join(workdir, "policy", "evaluation.json"))
+evaluation = filesystem.read_json(os.path.join(workdir, "policy", "evaluation.json"))
 if not evaluation or evaluation["key"]["step"] < config.num_train_steps:
   from flam_jax import train  # pylint: disable=g-import-not-at-top
   summary = train.run(config, workdir)
   if summary.get("preempted"):
     sys.exit(143)
   evaluation = summary["evaluation"]
-stored = runner.read_json(experiment.stored_evaluation_path(agents, "flam_v2", 1000, seed))
+stored = filesystem.read_json(experiment.stored_evaluation_path(agents, "flam_v2", 1000, seed))
 
 keys = ("psnr_t", "delta_psnr_t", "ari_fg", "disentanglement", "bound_fraction",
         "probe_accuracy", "probe_accuracy_given_heading", "probe_accuracy_given_heading_bound")
