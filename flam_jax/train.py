@@ -123,11 +123,14 @@ def run_stage(config, workdir: str) -> dict:
 
 
 def format_policy_evaluation(evaluation: dict) -> str:
-  lines = ["  live evaluation (success rate, mean return over "
+  """The live evaluation's lines (Procgen games have returns only, no success rate)."""
+  has_success = "success_rate" in evaluation["policy"]
+  lines = [f"  live evaluation ({'success rate, ' if has_success else ''}mean return over "
            f"{evaluation['policy']['num_episodes']} episodes):"]
   for name in ("policy", "expert", "random"):
     r = evaluation[name]
-    lines.append(f"    {name:7s} {r['success_rate']:.3f}  {r['mean_return']:.3f}")
+    success = f"{r['success_rate']:.3f}  " if has_success else ""
+    lines.append(f"    {name:7s} {success}{r['mean_return']:.3f}")
   labelling = evaluation.get("labelling", {})
   if labelling.get("pseudo_label_accuracy") is not None:
     lines.append(f"  pseudo-label accuracy vs true actions: {labelling['pseudo_label_accuracy']:.3f}")

@@ -219,3 +219,17 @@ def test_binding_diagnostics_match_the_slot_masks(tmp_path, lam_workdir):
   pseudo_m, _ = policy_lib.decode_labels(decoder, f_params, a_m1a, k_m1u)
   assert labelling["label_counts"] == np.bincount(pseudo_m, minlength=4).tolist()
   assert np.isclose(labelling["pseudo_label_accuracy"], np.mean(pseudo_m == true_m))
+
+
+def test_video_that_is_not_demonstrations_is_refused_in_one_line(tmp_path):
+  from flam_jax.data import multigrid  # pylint: disable=g-import-not-at-top
+  from flam_jax.stages import policy  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "random_multigrid")
+  multigrid.write_dataset(out, multigrid.MultigridConfig(grid_size=6, resolution=24,
+                                                         num_agents=2, episode_length=4),
+                          num_episodes=3, seed=0, progress=False)
+  with pytest.raises(FlamError) as error:
+    policy.demonstration_metadata(out)
+  message = str(error.value)
+  assert "'flam_jax.data.multigrid' data, not demonstrations" in message and "\n" not in message
+  assert "flam_jax.data.goal_task --out" in message and "procgen --demonstrations" in message

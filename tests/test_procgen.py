@@ -1,5 +1,6 @@
 """Procgen generation in its own environment (numpy<2, gym<1, procgen2)."""
 
+import json
 import os
 
 import numpy as np
@@ -36,3 +37,52 @@ def test_bigfish_episodes_with_actions(tmp_path):
   again = procgen.generate("bigfish", 3, out, max_frames=12, min_frames=4, venv=VENV,
                            progress=False)
   assert again == pipeline.load_metadata(out)  # Reused.
+
+
+def test_demonstrations_need_a_known_game_and_sizes():
+  with pytest.raises(ConfigError, match="unknown --game 'pong'"):
+    procgen.write_demonstrations("pong", 2, "/tmp/unused")
+  with pytest.raises(ConfigError, match="--plan_horizon=0"):
+    procgen.write_demonstrations("bigfish", 2, "/tmp/unused", plan_horizon=0)
+
+
+def test_demonstrations_pad_after_an_early_end():
+  frames = np.arange(3, dtype=np.uint8)[:, None, None, None] * np.ones((3, 64, 64, 3), np.uint8)
+  padded = procgen._pad_demonstration(dict(frames=frames, actions=np.array([4, 7], np.int32)), 5)
+  assert padded["frames"].shape == (5, 64, 64, 3)
+  assert [int(f[0, 0, 0]) for f in padded["frames"]] == [0, 1, 2, 2, 2]  # The last repeated.
+  assert padded["actions"].tolist() == [4, 7, 0, 0]
+  assert padded["active"].tolist() == [1, 1, 0, 0, 0]  # Transitions with a real action.
+
+
+@needs_env
+def test_planner_demonstrations_train_a_policy_that_is_evaluated_live(tmp_path):
+  """Demonstrations -> tokenizer -> behaviour cloning on their true actions -> pi_u on
+  held-out levels beside the planner and a random policy (references cached)."""
+  from flam_jax import train  # pylint: disable=g-import-not-at-top
+  from tests import test_policy_stage  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "demos")
+  meta = procgen.write_demonstrations("bigfish", 4, out, episode_length=6, plan_horizon=2,
+                                      eval_max_steps=8, venv=VENV, progress=False)
+  assert meta["config"]["max_steps"] == 8 and np.isfinite(meta["demonstration_return"])
+  src = pipeline.WindowSource(out, "train", window_length=6, fields=("frames", "actions", "active"))
+  ep = src.read_episode(0)
+  assert ep["frames"].shape == (6, 64, 64, 3) and ep["actions"].shape == (5,)
+  assert ep["active"][-1] == 0 and ep["actions"].max() < 15
+  assert procgen.write_demonstrations("bigfish", 4, out, episode_length=6, plan_horizon=2,
+                                      eval_max_steps=8, venv=VENV, progress=False) == meta
+
+  workdir = str(tmp_path / "policy")
+  for stage in ("tokenizer", "policy"):
+    config = test_policy_stage.tiny_config(stage, out, mode="true_actions", eval_episodes=2)
+    config.data.image_size = 64
+    train.run(config, workdir)
+  with open(os.path.join(workdir, "policy", "evaluation.json")) as f:
+    evaluation = json.load(f)
+  assert evaluation["task"]["game"] == "bigfish"
+  assert 0 < evaluation["labelling"]["transitions"] <= 10  # 2 train episodes of 5 transitions.
+  for name in ("policy", "expert", "random"):
+    run = evaluation[name]
+    assert run["num_episodes"] == 2 and 1 <= run["mean_steps"] <= 8, (name, run)
+  with open(os.path.join(out, "reference_returns.json")) as f:
+    assert json.load(f)["runs"]["expert"] == evaluation["expert"]  # Cached by the data.

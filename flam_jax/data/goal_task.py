@@ -85,6 +85,18 @@ class GoalTaskConfig:
     return self.max_steps + 1
 
   @property
+  def num_actions(self) -> int:
+    return mg.NUM_ACTIONS
+
+  def evaluate(self, policy: Callable[[np.ndarray, list], np.ndarray], num_episodes: int,
+               seed: int) -> dict[str, Any]:
+    """`policy`'s episodes beside the expert's and a uniformly random policy's on the same
+    episodes (`run_episodes` summaries under policy, expert, random)."""
+    return {name: run_episodes(self, fn, num_episodes, seed)
+            for name, fn in (("policy", policy), ("expert", expert_policy),
+                             ("random", random_policy))}
+
+  @property
   def world(self) -> mg.MultigridConfig:
     return mg.MultigridConfig(
         grid_size=self.grid_size, resolution=self.resolution, num_agents=self.num_agents,

@@ -8,8 +8,9 @@
   fit_decoder: the latent action decoder f by full-batch AdamW on the labelled pairs,
     one jit-compiled `lax.scan` over the steps, optionally stopped early on held-out labels;
   decode_labels: f's pseudo-labels (argmax) for many transitions;
-  evaluate_policy: success rate and return of pi_u in the live goal task (numpy
-    environments in lock step, one jit-compiled tokenizer + policy call per step).
+  evaluate_policy: pi_u in the live task (the goal task's success rate and return, numpy
+    environments in lock step; a Procgen game's return on held-out levels), one
+    jit-compiled tokenizer + policy call per step.
 """
 
 from typing import Any, Dict, Optional, Tuple
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flam_jax.data import goal_task, pipeline, records
+from flam_jax.data import pipeline, records
 from flam_jax.lib import metrics, models, rollout
 from flam_jax.modules.policy import LatentActionDecoder, TokenPolicy, cross_entropy
 from flam_jax.modules.tokenizer import Tokenizer
@@ -36,13 +37,13 @@ def _chunks(array: np.ndarray, size: int):
 
 def demonstration_transitions(tokens_dir: str, data_dir: str,
                               episode_length: int) -> Dict[str, np.ndarray]:
-  """Every active transition (before agent 0 reaches the goal) of the train split of
-  goal-task demonstrations, in the order the policy stage labels them.
+  """Every active transition (before agent 0 reaches the goal; before a Procgen level's
+  end) of the train split of the demonstrations, in the order the policy stage labels them.
 
   Returns dict(episode_m, time_m [M] (the transition's episode and frame), tokens_elhw
   [E, L, h, w] (the frozen tokens of every frame) and actions_elk [E, L-1, agents] (the
-  true actions: the stage reads them only for the labelled subset, the upper bound and
-  its diagnostics)).
+  true actions, one column for single-agent data: the stage reads them only for the
+  labelled subset, the upper bound and its diagnostics)).
   """
   tokens = pipeline.WindowSource(tokens_dir, "train", window_length=episode_length,
                                  fields=("tokens", "actions"))
@@ -52,9 +53,11 @@ def demonstration_transitions(tokens_dir: str, data_dir: str,
   active_el = np.stack([active.read_episode(e)["active"][:-1]
                         for e in range(active.num_episodes)]).astype(bool)
   episode_m, time_m = np.nonzero(active_el)
+  actions_elk = np.stack([ep["actions"] for ep in episodes])
+  if actions_elk.ndim == 2:  # [E, L-1]: one actor (Procgen).
+    actions_elk = actions_elk[..., None]
   return dict(episode_m=episode_m, time_m=time_m,
-              tokens_elhw=np.stack([ep["tokens"] for ep in episodes]),
-              actions_elk=np.stack([ep["actions"] for ep in episodes]))
+              tokens_elhw=np.stack([ep["tokens"] for ep in episodes]), actions_elk=actions_elk)
 
 
 def labelled_draw(num_transitions: int, num_labels: int, seed: int) -> np.ndarray:
@@ -231,12 +234,11 @@ def make_act_fn(tokenizer: Tokenizer, tokenizer_params, policy: TokenPolicy, pol
   return act_fn
 
 
-def evaluate_policy(cfg: goal_task.GoalTaskConfig, tokenizer, tokenizer_params, policy,
-                    policy_params, *, num_episodes: int, seed: int) -> Dict[str, Any]:
-  """pi_u's success rate and return over episodes 0..N-1 of `seed`, beside the expert and
-  a uniformly random policy on the same episodes (references, no learning involved)."""
+def evaluate_policy(task, tokenizer, tokenizer_params, policy, policy_params, *,
+                    num_episodes: int, seed: int) -> Dict[str, Any]:
+  """pi_u greedily over episodes 0..N-1 of `seed` of `task` (goal_task.GoalTaskConfig or
+  procgen.ProcgenTask), beside its expert and a uniformly random policy on the same
+  episodes (references, no learning involved): dict(policy, expert, random) of the task's
+  run summaries."""
   act_fn = make_act_fn(tokenizer, tokenizer_params, policy, policy_params, num_episodes)
-  out = dict(policy=goal_task.run_episodes(cfg, act_fn, num_episodes, seed))
-  for name, fn in (("expert", goal_task.expert_policy), ("random", goal_task.random_policy)):
-    out[name] = goal_task.run_episodes(cfg, fn, num_episodes, seed)
-  return out
+  return task.evaluate(act_fn, num_episodes, seed)

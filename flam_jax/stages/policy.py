@@ -1,4 +1,9 @@
-"""Stage 3 (Sec 4.3, Eq. 6): a policy pi_u by behaviour cloning on goal-task demonstrations.
+"""Stage 3 (Sec 4.3, Eq. 6): a policy pi_u by behaviour cloning on demonstrations.
+
+The demonstrations are Multigrid goal-task episodes (`flam_jax.data.goal_task`: the
+scripted expert, evaluation in the numpy goal task) or Procgen episodes of the planner
+(`flam_jax.data.procgen --demonstrations`: evaluation on held-out levels in the Procgen
+environment's process, beside the planner and a random policy).
 
 `config.policy.mode` says where the action labels of the demonstrations come from:
 
@@ -17,7 +22,7 @@
 | `true_actions`  | the true actions of every transition (the upper bound)          |
 
 Build (once; every product is cached in the workdir with a tag of what made it):
-  demonstrations (config.data.dir, `flam_jax.data.goal_task`) --frozen tokenizer-->
+  demonstrations (config.data.dir) --frozen tokenizer-->
   <workdir>/tokens (or config.lam.token_cache_dir, shared with the world models trained on
   the same demonstrations and tokenizer); [pseudo_labels: the world model's latent
   actions and slot keys of every transition -> <workdir>/policy_latents.npz; f fitted on
@@ -25,16 +30,16 @@ Build (once; every product is cached in the workdir with a tag of what made it):
   pseudo-labels]; the training set of (tokens of frame t, label) pairs ->
   <workdir>/policy_data (ArrayRecord, one transition a record, read by the same grain
   pipeline). Demonstration transitions are those with `active` = 1 (before agent 0
-  reaches the goal) in the train split; the labelled subset is a random draw of them
-  (config.seed). The true actions are read only for the labelled subset, the
-  `true_actions` mode, and the reported diagnostics: the pseudo-label accuracy and, for
-  FLAM on data with entity masks, how well a slot holds agent 0
+  reaches the goal; before a Procgen level's end) in the train split; the labelled subset
+  is a random draw of them (config.seed). The true actions are read only for the
+  labelled subset, the `true_actions` mode, and the reported diagnostics: the
+  pseudo-label accuracy and, for FLAM on data with entity masks, how well a slot holds agent 0
   (`controlled_agent_share`, `controlled_agent_bound_fraction`) and how often f attends
   most to that slot (`decoder_attends_controlled_slot`).
 
 Training: cross-entropy of pi_u(frozen tokenizer features of frame t) against the
 labels, by the shared trainer (sharding, orbax checkpoints, exact resume,
-TensorBoard). Afterwards `evaluate` runs pi_u greedily in the live goal task over
+TensorBoard). Afterwards `evaluate` runs pi_u greedily in the live task over
 `policy.eval_episodes` seeded episodes, beside the expert and a random policy.
 """
 
@@ -47,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from flam_jax.data import goal_task, multigrid, pipeline, records
+from flam_jax import filesystem
+from flam_jax.data import goal_task, pipeline, procgen, records
 from flam_jax.errors import CheckpointError, ConfigError, DataError
 from flam_jax.lib import checkpointing, loading, models, probe
 from flam_jax.lib import policy as policy_lib
@@ -59,28 +65,24 @@ CONTROLLED_AGENT = 0
 LATENT_VARIANTS = ("flam", "lam", "oc_lam")
 
 
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def _write_json(path: str, payload) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
-
-
 def demonstration_metadata(data_dir: str) -> Dict[str, Any]:
   meta = pipeline.load_metadata(data_dir)
-  if meta.get("generator") != goal_task.__name__:
+  is_goal_task = meta.get("generator") == goal_task.__name__
+  is_procgen = meta.get("generator") == procgen.__name__ and "demonstration_return" in meta
+  if not (is_goal_task or is_procgen):
     raise DataError(
-        f"{data_dir} holds {meta.get('generator')!r} data, not goal-task demonstrations; "
-        f"generate them with `python -m flam_jax.data.goal_task --out {data_dir}`")
+        f"{data_dir} holds {meta.get('generator')!r} data, not demonstrations; generate them "
+        f"with `python -m flam_jax.data.goal_task --out {data_dir}` (Multigrid) or `python -m "
+        f"flam_jax.data.procgen --demonstrations --out {data_dir}` (Procgen)")
   return meta
+
+
+def task_of(meta: Dict[str, Any], data_dir: str):
+  """The live task of the demonstrations: goal_task.GoalTaskConfig or procgen.ProcgenTask
+  (whose planner and random references are cached beside the demonstrations)."""
+  if meta["generator"] == procgen.__name__:
+    return procgen.ProcgenTask.from_metadata(meta["config"], cache_dir=data_dir)
+  return goal_task.GoalTaskConfig.from_metadata(meta["config"])
 
 
 def lam_workdir_of(config: ConfigDict, workdir: str) -> str:
@@ -120,14 +122,14 @@ class PolicyStage:
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
-               task: goal_task.GoalTaskConfig, data_dir: str = "", labelling: Dict = None):
+               task, data_dir: str = "", labelling: Dict = None):
     self.config = config
     self.tokenizer, self.tokenizer_params = tokenizer, tokenizer_params
     self.task = task
     self.data_dir = data_dir
     self.labelling = labelling or {}
     p = config.policy
-    self.model = TokenPolicy(num_actions=multigrid.NUM_ACTIONS, channels=tuple(p.channels),
+    self.model = TokenPolicy(num_actions=task.num_actions, channels=tuple(p.channels),
                              hidden=p.hidden, dtype=models.compute_dtype(config))
 
   @staticmethod
@@ -149,7 +151,7 @@ class PolicyStage:
     cls.check_config(config)
     p = config.policy
     meta = demonstration_metadata(config.data.dir)
-    task = goal_task.GoalTaskConfig.from_metadata(meta["config"])
+    task = task_of(meta, config.data.dir)
     lam, lam_workdir = None, lam_workdir_of(config, workdir)
     if p.mode == "pseudo_labels":
       lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
@@ -213,7 +215,7 @@ class PolicyStage:
         matched_slot_m = inferred["agent_slot"][episode_m, time_m]
         actions_mka = actions_mka[np.arange(num_transitions), matched_slot_m][:, None]
         keys_mkd = keys_mkd[np.arange(num_transitions), matched_slot_m][:, None]
-      decoder = LatentActionDecoder(num_actions=multigrid.NUM_ACTIONS, hidden=p.decoder_hidden)
+      decoder = LatentActionDecoder(num_actions=task.num_actions, hidden=p.decoder_hidden)
       decoder_params, fit_metrics = policy_lib.fit_decoder(
           decoder, actions_mka[labelled_m], None if keys_mkd is None else keys_mkd[labelled_m],
           true_actions(labelled_m), steps=p.decoder_steps,
@@ -240,7 +242,7 @@ class PolicyStage:
             controlled_agent_bound_fraction=float(np.mean(share_m >= probe.BOUND_SHARE)),
             decoder_attends_controlled_slot=float(np.mean(
                 chosen_slot_m == inferred["agent_slot"][episode_m, time_m])))
-    labelling["label_counts"] = np.bincount(labels, minlength=multigrid.NUM_ACTIONS).tolist()
+    labelling["label_counts"] = np.bincount(labels, minlength=task.num_actions).tolist()
     data_dir = os.path.join(workdir, "policy_data")
     data_tag = dict(labelling, tokens=token_tag, seed=int(config.seed), num_labels=int(p.num_labels),
                     lam_workdir=lam_workdir if lam else "")
@@ -317,11 +319,11 @@ class PolicyStage:
 
   # ---- Live evaluation. ----
   def evaluate(self, params, stage_dir: str, step: int) -> Dict[str, Any]:
-    """Greedy pi_u in the goal task over policy.eval_episodes seeded episodes (cached per step)."""
+    """Greedy pi_u in the live task over policy.eval_episodes seeded episodes (cached per step)."""
     p = self.config.policy
     path = os.path.join(stage_dir, "evaluation.json")
     key = dict(step=int(step), episodes=int(p.eval_episodes), seed=int(p.eval_seed))
-    cached = _read_json(path)
+    cached = filesystem.read_json(path)
     if cached and cached.get("key") == key:
       return cached
     out = policy_lib.evaluate_policy(
@@ -329,5 +331,5 @@ class PolicyStage:
         num_episodes=p.eval_episodes, seed=p.eval_seed)
     out = dict(key=key, labelling=self.labelling, task=self.task.metadata_config(), **out)
     if jax.process_index() == 0:
-      _write_json(path, out)
+      filesystem.write_json(path, out)
     return out
