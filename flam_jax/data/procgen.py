@@ -149,8 +149,6 @@ def _run_worker(python: str, args: list[str], venv: str, progress: bool = False,
 DEMO_FIELDS = ("frames", "actions", "active")
 
 
-
-
 def _pad_demonstration(episode: dict, length: int) -> dict[str, np.ndarray]:
   """frames [L, 64, 64, 3] (the last repeated after an early end), actions int32 [L-1]
   (0 past the end), active uint8 [L] (1 where a real action follows the frame)."""
