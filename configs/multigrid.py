@@ -34,6 +34,13 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # A step with a non-finite loss or gradient norm stops the run before anything is saved
   # (False) or is skipped, leaving parameters and optimizer state unchanged (True).
   config.skip_nonfinite_steps = False
+  # XLA options of each stage's train step on a CPU (ignored on a GPU/TPU), by stage name:
+  # YNNPACK's dot fusion makes the tokenizer step 1.25x faster and the paper-size FLAM step
+  # 1.15x slower on a 2-core AMD EPYC (benchmarks/RESULTS.md, 2026-12-07), so the tokenizer
+  # alone uses it; "" leaves an option to XLA. Its ELTWISE type fails in the world models'
+  # step (XLA: "unsupported layout in YNN fusion").
+  config.cpu_compiler_options = ConfigDict(dict(tokenizer=ConfigDict(dict(
+      xla_cpu_experimental_ynn_fusion_type="LIBRARY_FUSION_TYPE_DOT"))))
   # Per-stage overrides of the keys above, for configs whose `stage` lists several stages
   # ("tokenizer,lam"): e.g. per_stage.tokenizer.num_train_steps.
   config.per_stage = ConfigDict()

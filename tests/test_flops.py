@@ -13,6 +13,9 @@ def test_matmul_and_backward():
   # Backward of a matmul is two more matmuls of the same size: 3x in all.
   loss = lambda w: jnp.sum(a @ w)
   assert flops.count(jax.value_and_grad(loss), w).matmul == 2 * 2 * 8 * 16 * 32
+  # A jit with compiler options (the train step's on a CPU) is counted as the top-level jit.
+  jitted = jax.jit(lambda a, w: a @ w, compiler_options={"xla_cpu_enable_fast_math": False})
+  assert flops.count(jitted, a, w).matmul == 2 * 8 * 16 * 32
 
 
 def test_scan_body_multiplied_by_length():

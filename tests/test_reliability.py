@@ -61,6 +61,8 @@ BAD_VALUES = [
     ("optim.grad_clip_norm", -1.0, "grad_clip_norm"),
     ("mesh.model_axis_size", 0, "mesh.model_axis_size=0"),
     ("skip_nonfinite_steps", "yes", "skip_nonfinite_steps='yes' is not a bool"),
+    ("cpu_compiler_options.tokenizer.xla_cpu_experimental_ynn_fusion_type", "dot",
+     "names 'dot', which XLA does not know"),
 ]
 
 BAD_LAM_VALUES = [

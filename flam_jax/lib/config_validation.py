@@ -138,6 +138,25 @@ TRAINING_RULES: Tuple[Rule, ...] = (
     Rule("optim.b2", "float", low=0, high=0.999999),
 )
 
+# XLA's LibraryFusionType values (xla.proto), as jit's compiler_options takes them.
+YNN_FUSION_TYPES = tuple(f"LIBRARY_FUSION_TYPE_{name}" for name in (
+    "DOT", "ELTWISE", "REDUCE", "INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION"))
+
+
+def _ynn_fusion_types_are_known(config) -> Optional[str]:
+  key = f"cpu_compiler_options.{config.stage}.xla_cpu_experimental_ynn_fusion_type"
+  value = lookup(config, key)
+  if value is _MISSING or value == "":
+    return None
+  unknown = [item for item in str(value).split(",") if item not in YNN_FUSION_TYPES]
+  if unknown:
+    return (f"config.{key}={value!r} names {unknown[0]!r}, which XLA does not know; use a "
+            f"comma list of {YNN_FUSION_TYPES}, or \"\" for XLA's default")
+  return None
+
+
+_TRAINING_CHECKS = (Check("cpu_compiler_options", _ynn_fusion_types_are_known),)
+
 TOKENIZER_RULES: Tuple[Rule, ...] = (
     _ints("tokenizer.encoder_channels", 1),
     _pos("tokenizer.z_channels"),
@@ -271,11 +290,13 @@ POLICY_RULES: Tuple[Rule, ...] = (  # flam_jax/stages/policy.py (Sec 4.3).
 )
 
 STAGE_RULES: Dict[str, List[Any]] = {
-    "tokenizer": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *_DATA_CHECKS],
-    "lam": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *LAM_RULES, *_DATA_CHECKS],
+    "tokenizer": [*TRAINING_RULES, *_TRAINING_CHECKS, *TOKENIZER_RULES, *_TOKENIZER_CHECKS,
+                  *_DATA_CHECKS],
+    "lam": [*TRAINING_RULES, *_TRAINING_CHECKS, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *LAM_RULES,
+            *_DATA_CHECKS],
     "eval": [*EVAL_RULES],
-    "policy": [*TRAINING_RULES, *TOKENIZER_RULES, *_TOKENIZER_CHECKS, *POLICY_RULES,
-               *_DATA_CHECKS],
+    "policy": [*TRAINING_RULES, *_TRAINING_CHECKS, *TOKENIZER_RULES, *_TOKENIZER_CHECKS,
+               *POLICY_RULES, *_DATA_CHECKS],
 }
 
 

@@ -101,5 +101,11 @@ def count_jaxpr(jaxpr) -> FlopCount:
 
 
 def count(fn: Callable, *args: Any, **kwargs: Any) -> FlopCount:
-  """FLOPs of `fn(*args, **kwargs)` (arrays or jax.ShapeDtypeStructs); nothing is run."""
+  """FLOPs of `fn(*args, **kwargs)` (arrays or jax.ShapeDtypeStructs); nothing is run.
+
+  A jitted `fn` is traced as the top-level jit it is: jax refuses a jit with
+  `compiler_options` (trainer.compiler_options) nested inside `make_jaxpr`.
+  """
+  if hasattr(fn, "trace"):
+    return count_jaxpr(fn.trace(*args, **kwargs).jaxpr)
   return count_jaxpr(jax.make_jaxpr(fn)(*args, **kwargs))

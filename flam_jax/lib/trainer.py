@@ -123,7 +123,18 @@ def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
     state, metrics = train_step(state, batch)
     return state, jax.lax.with_sharding_constraint(metrics, sharding.replicated(mesh))
 
-  return jax.jit(sharded_step, donate_argnums=(0,))
+  return jax.jit(sharded_step, donate_argnums=(0,), compiler_options=compiler_options(config))
+
+
+def compiler_options(config: ConfigDict) -> Optional[Dict[str, str]]:
+  """XLA options of the compiled train step on the backend it runs on: on XLA:CPU those of
+  `config.cpu_compiler_options.<stage>` (the configs route the tokenizer's dots and
+  convolutions through YNNPACK, benchmarks/RESULTS.md), none elsewhere; an option set to ""
+  is left to XLA."""
+  options = config.get("cpu_compiler_options", {}).get(config.stage)
+  if jax.default_backend() != "cpu" or not options:
+    return None
+  return {name: value for name, value in options.items() if value != ""} or None
 
 
 def abstract_like(state: Any) -> Any:
