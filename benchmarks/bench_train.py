@@ -24,7 +24,9 @@ donated train step, times `--steps` steps on a fixed synthetic batch of the conf
 `--peer` runs the PyTorch peer (`../shared/peers/torch_flam/bench.py` by default) at the
 matched config as a subprocess with `--peer_python`, alternating with the flam_jax timing for
 `--rounds` rounds, and prints flam_jax's speed relative to the peer per decoded frame (> 1:
-flam_jax faster). `--memory_only` compiles without running. Figures are measured, never
+flam_jax faster). `--memory_only` compiles without running. `--profile_dir=DIR` also traces
+3 steps with jax.profiler into DIR (TensorBoard's profile tab reads it) and prints the XLA
+op kinds that take the most time (`flam_jax/lib/profiling.py`). Figures are measured, never
 asserted.
 """
 
@@ -51,7 +53,7 @@ from ml_collections import config_flags
 from flam_jax.cli import parse_flags
 from flam_jax.data import multigrid, pipeline
 from flam_jax.errors import ConfigError, FlamError
-from flam_jax.lib import flops, loading, optim, sharding, trainer
+from flam_jax.lib import flops, loading, optim, profiling, sharding, trainer
 from flam_jax.lib.config_utils import stage_config
 from flam_jax.lib.models import make_tokenizer
 from flam_jax.modules import transformer
@@ -79,6 +81,9 @@ _PEER_STEPS = flags.DEFINE_integer("peer_steps", 0, "Timed peer steps (0: --step
 _GPU_ATTENTION = flags.DEFINE_enum(
     "gpu_attention", transformer.GPU_ATTENTION, ["cudnn", "xla"],
     "Attention implementation on a GPU where cuDNN applies (flam_jax/modules/transformer.py).")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Also trace 3 steps with jax.profiler into this folder and print the "
+    "XLA op kinds that take the most time.")
 _TIMING_LOCK = flags.DEFINE_string(
     "timing_lock", "",
     "A lock file shared by benchmarks run side by side on one device: each compiles at once "
@@ -286,6 +291,16 @@ def run_peer(config, num_steps: int) -> dict:
   return result
 
 
+def print_op_times(timer: "StepTimer", trace_dir: str, step_s: float, top: int = 15) -> None:
+  """The op kinds that take the most time in 3 traced steps, in ms per step."""
+  times = profiling.trace_op_times(lambda: timer.time_steps(0), 3, trace_dir)
+  total = sum(times.values())
+  print(f"\nXLA ops, {1e3 * total:.1f} ms per step in all ({1e3 * step_s:.1f} ms wall; on a CPU "
+        f"summed over threads), trace in {trace_dir}:")
+  for kind, seconds in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+    print(f"  {1e3 * seconds:8.1f} ms  {100 * seconds / total:5.1f}%  {kind}")
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -293,6 +308,8 @@ def main(argv):
     raise ConfigError(f"config.stage={config.stage!r} lists several stages; benchmark one: "
                       "--config.stage=tokenizer or --config.stage=lam")
   config = stage_config(config, config.stage)
+  if _PROFILE_DIR.value:  # Read when the backend starts, below: XLA:CPU then records its ops.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {profiling.CPU_TRACE_FLAG}"
   transformer.GPU_ATTENTION = _GPU_ATTENTION.value
   dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()}), "
@@ -347,6 +364,8 @@ def main(argv):
             if "jax_over_peer_per_decoded_frame" in e]
   if ratios:
     row["jax_over_peer_per_decoded_frame"] = statistics.median(ratios)
+  if _PROFILE_DIR.value:
+    print_op_times(timer, _PROFILE_DIR.value, step_s)
   if _PIPELINE_BATCHES.value:
     row["pipeline_frames_per_s"] = bench_pipeline(config, timer.stage, _PIPELINE_BATCHES.value)
   print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
