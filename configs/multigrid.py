@@ -34,11 +34,12 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # A step with a non-finite loss or gradient norm stops the run before anything is saved
   # (False) or is skipped, leaving parameters and optimizer state unchanged (True).
   config.skip_nonfinite_steps = False
-  # XLA options of each stage's train step on a CPU (ignored on a GPU/TPU), by stage name:
-  # YNNPACK's dot fusion makes the tokenizer step 1.25x faster and the paper-size FLAM step
-  # 1.15x slower on a 2-core AMD EPYC (benchmarks/RESULTS.md, 2026-12-07), so the tokenizer
-  # alone uses it; "" leaves an option to XLA. Its ELTWISE type fails in the world models'
-  # step (XLA: "unsupported layout in YNN fusion").
+  # XLA options of each stage's train step on a CPU (ignored on a GPU/TPU), by stage name;
+  # "" leaves an option to XLA. XLA's default (jax 0.10) hands convolutions to YNNPACK, which
+  # runs the tokenizer's small-channel ones ~1.8x slower than XLA's own kernels: the tokenizer
+  # lets YNNPACK fuse dots only (its step 1.25x faster on a 2-core AMD EPYC). The world models
+  # have no convolutions and keep the default (DOT costs the paper-size FLAM step 1.15x;
+  # ELTWISE fails in it, XLA: "unsupported layout in YNN fusion"). benchmarks/RESULTS.md.
   config.cpu_compiler_options = ConfigDict(dict(tokenizer=ConfigDict(dict(
       xla_cpu_experimental_ynn_fusion_type="LIBRARY_FUSION_TYPE_DOT"))))
   # Per-stage overrides of the keys above, for configs whose `stage` lists several stages

@@ -42,7 +42,7 @@ def _two_steps(stage_name: str, fusion_types: str):
 def test_ynnpack_fusion_keeps_the_step_numerics(stage_name):
   loss_xla, params_xla, hlo_xla = _two_steps(stage_name, "")
   loss_ynn, params_ynn, hlo_ynn = _two_steps(stage_name, "LIBRARY_FUSION_TYPE_DOT")
-  # XLA's default sends single dots to YNNPACK (INDIVIDUAL_DOT); DOT fuses differently.
+  # XLA's default hands single dots, convolutions and reductions to YNNPACK; DOT only dots.
   assert hlo_ynn.count("__ynn_fusion") != hlo_xla.count("__ynn_fusion"), "the option did not reach XLA"
   np.testing.assert_allclose(loss_ynn, loss_xla, rtol=2e-5, atol=1e-6)
   # Other summation orders; Adam turns float noise in near-zero gradients into ~lr updates.

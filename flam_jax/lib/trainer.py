@@ -128,9 +128,9 @@ def jit_train_step(stage, config: ConfigDict, mesh, tx) -> Callable:
 
 def compiler_options(config: ConfigDict) -> Optional[Dict[str, str]]:
   """XLA options of the compiled train step on the backend it runs on: on XLA:CPU those of
-  `config.cpu_compiler_options.<stage>` (the configs route the tokenizer's dots and
-  convolutions through YNNPACK, benchmarks/RESULTS.md), none elsewhere; an option set to ""
-  is left to XLA."""
+  `config.cpu_compiler_options.<stage>` (the configs keep the tokenizer's convolutions in
+  XLA's own kernels rather than YNNPACK's, benchmarks/RESULTS.md), none elsewhere; an option
+  set to "" is left to XLA."""
   options = config.get("cpu_compiler_options", {}).get(config.stage)
   if jax.default_backend() != "cpu" or not options:
     return None
