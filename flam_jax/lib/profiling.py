@@ -5,8 +5,8 @@ duration of every XLA op event by op kind (the HLO name without its ".N" suffix,
 "ynn_fusion", "copy_bitcast_fusion", "dot"): on a GPU or TPU the events of the device's
 "XLA Ops" line, on XLA:CPU those of its threads (the client's and the compute pool's), which
 record ops only when the backend was started with `--xla_cpu_enable_xprof_traceme=true`
-(`CPU_TRACE_FLAG`). CPU times add over threads, so on 2 cores they may sum to twice the step. Read with
-`benchmarks/bench_train.py --profile_dir=DIR`.
+(`CPU_TRACE_FLAG`). CPU times add over threads, so on 2 cores they may sum to twice the
+step. Read with `benchmarks/bench_train.py --profile_dir=DIR`.
 """
 
 import collections
