@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from flam_jax.modules.slot_attention import patch_grid
-from flam_jax.modules.slot_decoder import SpatialBroadcastDecoder
+from flam_jax.modules.slot_decoder import BroadcastMLP, SpatialBroadcastDecoder
+from flam_jax.modules.transformer import MLP
 
 B, K, D, N, F = 2, 3, 8, 16, 5
 
@@ -29,6 +30,21 @@ def test_masks_partition_each_patch_and_features_are_their_mixture(position_embe
   np.testing.assert_allclose(np.asarray(features2_bnf), np.asarray(features_bnf), atol=1e-5)
   np.testing.assert_allclose(np.asarray(alpha2_bkn), np.asarray(alpha_bkn[:, ::-1]),
                              atol=1e-6)
+
+
+def test_the_first_layer_per_slot_and_per_patch_equals_the_mlp_of_their_sum():
+  """The decoder applies fc1 to slots and positions apart (it is linear) and adds them before
+  the GELU: the same as transformer.MLP on the [B, K, N, D] sum, with the same parameters."""
+  model = SpatialBroadcastDecoder(num_patches=N, feature_dim=F)
+  params = model.init(jax.random.PRNGKey(0), _slots())["params"]
+  assert set(params["mlp"]) == {"fc1", "fc2"}
+  slots_bkd = _slots(1)
+  hidden_bknd = BroadcastMLP(2 * D).apply({"params": params["mlp"]}, slots_bkd,
+                                         params["pos_embedding"])
+  summed_bknd = slots_bkd[:, :, None, :] + params["pos_embedding"]
+  expected_bknd = MLP(2 * D).apply({"params": params["mlp"]}, summed_bknd)
+  np.testing.assert_allclose(np.asarray(hidden_bknd), np.asarray(expected_bknd), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_grid_positions_replace_the_free_vector_and_are_smooth():

@@ -95,7 +95,8 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
       fdm_zero_init_actions=bool(lam.get("fdm_zero_init_actions", True)),
       dtype=compute_dtype(config),
       remat=bool(lam.get("remat", False)),  # Older runs' saved configs lack the key.
-      remat_chunks=int(lam.get("remat_chunks", 1)))
+      remat_chunks=int(lam.get("remat_chunks", 1)),
+      unroll_rollout=not lam.get("remat", False))
 
 
 def tokenizer_codebook(tokenizer: Tokenizer, tokenizer_params) -> np.ndarray:

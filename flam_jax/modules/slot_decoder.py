@@ -19,7 +19,25 @@ import jax
 import jax.numpy as jnp
 
 from flam_jax.modules.slot_attention import patch_position_embedding
-from flam_jax.modules.transformer import MLP
+
+
+class BroadcastMLP(nn.Module):
+  """transformer.MLP(s^k + p^n) for every slot k and patch n, [B, K, D] and [N, D] ->
+  [B, K, N, D], without forming the sum: the first layer is linear, fc1(s + p) = fc1(s) +
+  W p, so it runs on B*K + N rows instead of B*K*N (the decoder's costliest matmul) and the
+  two are added before the GELU. Same parameters as transformer.MLP."""
+
+  hidden_dim: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, slots_bkd: jnp.ndarray, pos_nd: jnp.ndarray) -> jnp.ndarray:
+    fc1 = nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")
+    hidden_bkh = fc1(slots_bkd)
+    kernel_dh = fc1.variables["params"]["kernel"].astype(self.dtype)
+    hidden_nh = jnp.dot(pos_nd.astype(self.dtype), kernel_dh)
+    hidden_bknh = nn.gelu(hidden_bkh[:, :, None, :] + hidden_nh)
+    return nn.Dense(slots_bkd.shape[-1], dtype=self.dtype, name="fc2")(hidden_bknh)
 
 
 class SpatialBroadcastDecoder(nn.Module):
@@ -36,8 +54,8 @@ class SpatialBroadcastDecoder(nn.Module):
     chex.assert_rank(slots_bkd, 3)
     b, k, d = slots_bkd.shape
     pos_nd = patch_position_embedding(self, self.position_embedding, self.num_patches, d)
-    x_bknd = slots_bkd[:, :, None, :].astype(jnp.float32) + pos_nd
-    x_bknd = nn.gelu(MLP(self.hidden_dim or 2 * d, dtype=self.dtype, name="mlp")(x_bknd))
+    x_bknd = nn.gelu(BroadcastMLP(self.hidden_dim or 2 * d, dtype=self.dtype, name="mlp")(
+        slots_bkd.astype(jnp.float32), pos_nd))
     out_bknf = nn.Dense(self.feature_dim + 1, dtype=self.dtype, name="out")(x_bknd)
     out_bknf = out_bknf.astype(jnp.float32)
     alpha_bkn = jax.nn.softmax(out_bknf[..., -1], axis=1)
