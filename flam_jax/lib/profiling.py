@@ -6,7 +6,10 @@ duration of every XLA op event by op kind (the HLO name without its ".N" suffix,
 "XLA Ops" line, on XLA:CPU those of its threads (the client's and the compute pool's), which
 record ops only when the backend was started with `--xla_cpu_enable_xprof_traceme=true`
 (`CPU_TRACE_FLAG`). CPU times add over threads, so on 2 cores they may sum to twice the
-step. Read with `benchmarks/bench_train.py --profile_dir=DIR`.
+step. An op that a library splits over the pool (YNNPACK's dots) is one event on the thread
+that called it, and its other threads' share is not recorded: on a CPU the sum is a lower
+bound on the cores' busy time, not a measure of it (the process's CPU time is). Read with
+`benchmarks/bench_train.py --profile_dir=DIR`.
 """
 
 import collections
