@@ -57,6 +57,7 @@ from flam_jax.lib import flops, loading, optim, profiling, sharding, trainer
 from flam_jax.lib.config_utils import stage_config
 from flam_jax.lib.models import make_tokenizer
 from flam_jax.modules import transformer
+from flam_jax.modules.world_model import training_pairs
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
 
@@ -155,11 +156,13 @@ def synthetic_batch(config, stage):
 
 
 def decoded_frames_per_step(config) -> int:
-  """Frames the step reconstructs: the batch (tokenizer), or B x P x (T - P) rollout targets."""
+  """Frames the step reconstructs: the batch (tokenizer), or the rollout targets of B windows
+  (B x P x (T - P) with lam.rollout_starts="full"; world_model.training_pairs)."""
   if config.stage == "tokenizer":
     return config.batch_size * config.data.window_length
-  p = config.lam.prediction_steps
-  return config.batch_size * p * (config.data.window_length - p)
+  starts = config.lam.get("rollout_starts", "full")
+  rows, _ = training_pairs(config.data.window_length, config.lam.prediction_steps, starts)
+  return config.batch_size * len(rows)
 
 
 class StepTimer:

@@ -170,6 +170,10 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   config.lam.subtoken_sizes = (32, 32)  # Hierarchical sub-tokens for 1024 codes (Table 4).
   config.lam.aggregator_blocks = 2
   config.lam.prediction_steps = 5  # Multi-step training (Table 4).
+  # Which rollouts the loss trains: "full", the starts with P full steps (T - P of them), or
+  # "every" start, each rolled until the window ends (T=10, P=5: 35 predictions a window
+  # against 25, the PyTorch peer's objective; world_model.training_pairs).
+  config.lam.rollout_starts = "full"
   # Rematerialise the IDM/FDM/aggregator blocks: ~1/3 more FLOPs for far less memory.
   # LAM at Table 4's size keeps [P, B*S, heads, N, N] attention weights per block
   # otherwise (benchmarks/RESULTS.md: 23.9 GiB of temporaries at batch 8 without it).

@@ -69,6 +69,7 @@ BAD_LAM_VALUES = [
     ("lam.variant", "flamm", "lam.variant='flamm' is not one of"),
     ("lam.aggregator_mode", "softmax", "lam.aggregator_mode='softmax'"),
     ("lam.num_slots", 0, "lam.num_slots=0"),
+    ("lam.rollout_starts", "all", "lam.rollout_starts='all' is not one of"),
     ("lam.slot_iterations", 0, "lam.slot_iterations=0"),
     ("lam.num_heads", 3, "not divisible by config.lam.num_heads=3"),
     ("lam.d_model", 0, "lam.d_model=0"),

@@ -9,6 +9,7 @@ import pytest
 from flam_jax.errors import CheckpointError, ConfigError
 from flam_jax.lib import trainer
 from flam_jax.modules.world_model import LatentActionWorldModel, rollout_indices
+from flam_jax.modules.world_model import training_pairs
 from flam_jax.lib.loading import load_frozen_tokenizer
 from flam_jax.stages.lam import LatentActionStage
 from flam_jax.stages.tokenizer import TokenizerStage
@@ -25,6 +26,47 @@ def test_rollout_indices_cover_every_transition():
   assert idx.max() == 8  # The last transition, 8 -> 9, is predicted.
   with pytest.raises(ValueError, match="must exceed"):
     rollout_indices(window_length=3, prediction_steps=3)
+
+
+def test_training_pairs_full_and_every_start():
+  start_v, step_v = training_pairs(10, 5, "full")
+  # Row (s, j) predicts transition s + j, in rollout_indices' [P, S] order transposed.
+  np.testing.assert_array_equal(start_v + step_v, rollout_indices(10, 5).T.reshape(-1))
+  every_start_v, every_step_v = training_pairs(10, 5, "every")
+  assert len(every_start_v) == 9 + 8 + 7 + 6 + 5
+  assert (every_start_v + every_step_v).max() == 8  # Never past the window's last frame.
+  assert every_start_v.max() == 8 and every_step_v.max() == 4
+  assert set(zip(start_v, step_v)) < set(zip(every_start_v, every_step_v))
+  with pytest.raises(ValueError, match="unknown rollout starts"):
+    training_pairs(10, 5, "all")
+
+
+@pytest.mark.parametrize("variant", ["flam", "lam"])
+def test_every_start_adds_rows_and_predicts_the_full_rows_alike(variant):
+  """lam.rollout_starts="every" trains every start, rolled until the window ends: the rows
+  that "full" also has are the same predictions, and the loss and its metrics are finite."""
+  config, _, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1, variant=variant)
+  t, p = config.data.window_length, config.lam.prediction_steps
+  outs = {}
+  for starts in ("full", "every"):
+    config.lam.rollout_starts = starts
+    stage = stage_fixtures.make_lam_stage(config)
+    params = jax.jit(stage.init)(jax.random.PRNGKey(0), batch)
+    features, tokens = stage.features(batch)
+    outs[starts] = jax.jit(lambda prm, f, tok: stage.model.apply(  # pylint: disable=cell-var-from-loop
+        {"params": prm}, f, tok, prediction_steps=p))(params, features, tokens)
+    loss, metrics = jax.jit(stage.loss)(params, batch, jax.random.PRNGKey(1))
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics[f"accuracy_step{p}"]))
+  b = tokens.shape[0]
+  pairs = {starts: list(zip(*training_pairs(t, p, starts))) for starts in outs}
+  assert outs["every"]["targets"].shape[0] == b * len(pairs["every"]) > b * len(pairs["full"])
+  rows = [i * len(pairs["every"]) + pairs["every"].index(pair)
+          for i in range(b) for pair in pairs["full"]]
+  for full_logits, every_logits in zip(outs["full"]["prediction"], outs["every"]["prediction"]):
+    np.testing.assert_allclose(np.asarray(every_logits)[rows], np.asarray(full_logits),
+                               rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(outs["every"]["targets"])[rows],
+                                np.asarray(outs["full"]["targets"]))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

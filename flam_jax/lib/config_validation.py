@@ -17,7 +17,7 @@ from flam_jax.lib.eval_step import START_MODES
 from flam_jax.modules.latent_action import BOTTLENECK_KINDS
 from flam_jax.modules.slot_attention import POSITION_EMBEDDINGS, SLOT_INITS
 from flam_jax.modules.slot_matching import MATCHING_LOSSES
-from flam_jax.modules.world_model import VARIANTS
+from flam_jax.modules.world_model import ROLLOUT_STARTS, VARIANTS
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 AGGREGATOR_MODES = ("classification", "regression")
@@ -229,6 +229,7 @@ LAM_RULES: Tuple[Any, ...] = (
     _pos("lam.slot_iterations"),
     Rule("lam.recursive_init", "bool"),
     Rule("lam.slot_init", "str", choices=SLOT_INITS, optional=True),
+    Rule("lam.rollout_starts", "str", choices=ROLLOUT_STARTS, optional=True),
     Rule("lam.init_slot_iterations", "int", low=0, optional=True),
     Rule("lam.slot_position_embedding", "str", choices=POSITION_EMBEDDINGS, optional=True),
     Rule("lam.slot_decoder_position_embedding", "str", choices=POSITION_EMBEDDINGS,

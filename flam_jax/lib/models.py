@@ -26,7 +26,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 LAM_KEY_DEFAULTS = {"lam.slot_init": "learned", "lam.init_slot_iterations": 0,
                     "lam.slot_position_embedding": "learned",
                     "lam.slot_decoder_position_embedding": "learned",
-                    "lam.slot_reconstruction_changed_weight": 1.0}
+                    "lam.slot_reconstruction_changed_weight": 1.0,
+                    "lam.rollout_starts": "full"}
 
 
 def compute_dtype(config: ConfigDict):
@@ -96,7 +97,8 @@ def build_world_model(config: ConfigDict, *, num_patches: int, num_agents: int,
       dtype=compute_dtype(config),
       remat=bool(lam.get("remat", False)),  # Older runs' saved configs lack the key.
       remat_chunks=int(lam.get("remat_chunks", 1)),
-      unroll_rollout=not lam.get("remat", False))
+      unroll_rollout=not lam.get("remat", False),
+      rollout_starts=str(lam.get("rollout_starts", LAM_KEY_DEFAULTS["lam.rollout_starts"])))
 
 
 def tokenizer_codebook(tokenizer: Tokenizer, tokenizer_params) -> np.ndarray:

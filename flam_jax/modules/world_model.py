@@ -53,6 +53,30 @@ def rollout_indices(window_length: int, prediction_steps: int) -> np.ndarray:
   return np.arange(prediction_steps)[:, None] + np.arange(num_starts)[None, :]
 
 
+ROLLOUT_STARTS = ("full", "every")
+
+
+def training_pairs(window_length: int, prediction_steps: int,
+                   starts: str = "full") -> "tuple[np.ndarray, np.ndarray]":
+  """(start s [V], step j [V]) of the predictions the training loss makes, frame s + j + 1
+  from frame s, in row order (s, then j).
+
+  "full": the starts with P full steps, s in [0, T-P) (`rollout_indices`; (T-P)*P rows).
+  "every": every start s in [0, T-1), rolled until the window ends, j < min(P, T-1-s)
+  (T=10, P=5: 9 + 8 + 7 + 6 + 5 = 35 rows against 25): more predictions per window for
+  the per-window work (slots, IDM), the most at short horizons.
+  """
+  if starts not in ROLLOUT_STARTS:
+    raise ValueError(f"unknown rollout starts {starts!r}; use one of {ROLLOUT_STARTS}")
+  if starts == "full":
+    num_starts = rollout_indices(window_length, prediction_steps).shape[1]
+    return (np.repeat(np.arange(num_starts), prediction_steps),
+            np.tile(np.arange(prediction_steps), num_starts))
+  pairs = [(s, j) for s in range(window_length - 1) for j in range(prediction_steps)
+           if s + j < window_length - 1]
+  return np.array([s for s, _ in pairs]), np.array([j for _, j in pairs])
+
+
 class _FDMStep(nn.Module):
   """One FDM step as a scan body: carry = entities, x = actions."""
 
@@ -125,6 +149,8 @@ class LatentActionWorldModel(nn.Module):
   # With remat: each block recomputes this many slices of its batch one after another, so
   # one slice's activations are live in the backward (transformer.maybe_remat).
   remat_chunks: int = 1
+  # Which (start, step) predictions the training loss makes: `training_pairs`.
+  rollout_starts: str = "full"
   # Unroll the FDM's P-step rollout in training (nn.scan's unroll) instead of looping: XLA
   # then fuses and schedules across steps and drops the loop's stacked buffers (LAM 64 px on
   # a 2-core CPU: 0.64 -> 0.57 s/step), but keeps more activations live under remat (LAM at
@@ -255,35 +281,41 @@ class LatentActionWorldModel(nn.Module):
 
   def predict(self, entities_btkd, actions_btka, features_btnd, tokens_btn, *,
               prediction_steps: int, deterministic: bool = True):
-    """Multi-step predictions of every start s in [0, T-P) under the given actions.
+    """Multi-step predictions of the training pairs (`training_pairs`) under the given actions.
 
     entities [B, T, K', D], actions [B, T-1, K'|1, A] (inferred, or others for the
     action-gain diagnostic), features [B, T, N, Dz], tokens [B, T, N]. Returns
     dict(prediction (logits or features), targets [M, N], target_features [M, N, Dz],
-    anchor_tokens [M, N], regression: anchor_features [M, N, Dz]) with M = B*S*P rows
-    ordered (b, s, p).
+    anchor_tokens [M, N], regression: anchor_features [M, N, Dz], row_steps: the step j
+    of each of a window's V rows (numpy [V])) with M = B*V rows ordered (b, s, j). Every
+    start is rolled P steps in one scan; with rollout_starts="every" the steps past the
+    window's end (their actions clipped to its last transition) are dropped afterwards.
     """
     b, t, n, _ = features_btnd.shape
     k, d = entities_btkd.shape[2:]
-    idx_ps = rollout_indices(t, prediction_steps)  # [P, S]: transition s + j.
-    p, s = idx_ps.shape
-    start_bskd = entities_btkd[:, :s]
+    p = prediction_steps
+    start_v, step_v = training_pairs(t, p, self.rollout_starts)
+    v, s = len(start_v), int(start_v.max()) + 1  # Rows per window, starts rolled out.
+    idx_ps = np.minimum(np.arange(p)[:, None] + np.arange(s)[None, :], t - 2)  # Transition.
     actions_bpsma = actions_btka[:, idx_ps]  # [B, P, S, K'|1, A]
     actions_bs_p = jnp.moveaxis(actions_bpsma, 2, 1).reshape((b * s, p) + actions_bpsma.shape[3:])
-    predicted = self.rollout(start_bskd.reshape(b * s, k, d), actions_bs_p)  # [B*S, P, K, D]
-    predicted_mkd = predicted.reshape(b * s * p, k, d)
-    targets_mn = jnp.moveaxis(tokens_btn[:, idx_ps + 1], 2, 1).reshape(b * s * p, n)
-    # The start frame of each prediction (row order b, s, p like the targets).
-    anchor_tokens_mn = jnp.repeat(tokens_btn[:, :s].reshape(b * s, n), p, axis=0)
+    predicted = self.rollout(entities_btkd[:, :s].reshape(b * s, k, d), actions_bs_p)
+    if v == s * p:  # Every step of every start is a training row ("full").
+      predicted_mkd = predicted.reshape(b * v, k, d)
+    else:
+      predicted_mkd = predicted.reshape(b, s * p, k, d)[:, start_v * p + step_v].reshape(
+          b * v, k, d)
+    targets_mn = tokens_btn[:, start_v + step_v + 1].reshape(b * v, n)
+    anchor_tokens_mn = tokens_btn[:, start_v].reshape(b * v, n)  # Each row's start frame.
     if self.aggregator_mode == "classification":
       anchor = anchor_tokens_mn
     else:
-      anchor = jnp.repeat(features_btnd[:, :s].reshape(b * s, n, -1), p, axis=0)
+      anchor = features_btnd[:, start_v].reshape(b * v, n, -1)
     out = dict(prediction=self.aggregate(predicted_mkd, targets_mn, anchor, deterministic),
                targets=targets_mn,
                anchor_tokens=anchor_tokens_mn, predicted_entities=predicted_mkd,
-               target_features=jnp.moveaxis(features_btnd[:, idx_ps + 1], 2, 1).reshape(
-                   b * s * p, n, -1), num_starts=s)
+               target_features=features_btnd[:, start_v + step_v + 1].reshape(b * v, n, -1),
+               row_steps=step_v)
     if self.aggregator_mode == "regression":
       out["anchor_features"] = anchor  # [M, N, Dz]: the copy baseline's prediction.
     return out

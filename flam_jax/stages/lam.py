@@ -185,15 +185,16 @@ class LatentActionStage:
     b, p = tokens.shape[0], lam.prediction_steps
     metrics = {}
     prediction_loss, accuracy = self._prediction_loss(out, weighted=True)
+    first_v, last_v = out["row_steps"] == 0, out["row_steps"] == p - 1  # Rows of step 1, P.
     if accuracy is not None:
-      accuracy_bsp = accuracy.reshape(b, out["num_starts"], p)
-      metrics["accuracy"] = jnp.mean(accuracy_bsp)
-      metrics["accuracy_step1"] = jnp.mean(accuracy_bsp[..., 0])
-      metrics[f"accuracy_step{p}"] = jnp.mean(accuracy_bsp[..., -1])
+      accuracy_bv = accuracy.reshape(b, -1)
+      metrics["accuracy"] = jnp.mean(accuracy_bv)
+      metrics["accuracy_step1"] = jnp.mean(accuracy_bv[:, first_v])
+      metrics[f"accuracy_step{p}"] = jnp.mean(accuracy_bv[:, last_v])
     # The copy baseline on this batch: predicting the start frame's tokens for every step.
-    copy_bsp = jnp.mean((out["targets"] == out["anchor_tokens"]).astype(jnp.float32),
-                        axis=-1).reshape(b, out["num_starts"], p)
-    metrics["copy_accuracy_step1"] = jnp.mean(copy_bsp[..., 0])
+    copy_bv = jnp.mean((out["targets"] == out["anchor_tokens"]).astype(jnp.float32),
+                       axis=-1).reshape(b, -1)
+    metrics["copy_accuracy_step1"] = jnp.mean(copy_bv[:, first_v])
     if "anchor_features" in out:  # Regression: the copy baseline's squared error.
       metrics["copy_prediction_loss"] = jnp.mean(aggregator_lib.regression_loss(
           out["anchor_features"], out["target_features"]))
@@ -258,8 +259,9 @@ class LatentActionStage:
     metrics = dict(action_gain=jnp.mean(loss_shuffled - loss_inferred))
     if accuracy is not None:
       metrics["action_gain_accuracy"] = jnp.mean(accuracy - accuracy_shuffled)
-      # Free running: greedy decode of step-1 predictions of the first start of each window.
-      rows = jnp.arange(tokens.shape[0]) * out["num_starts"] * lam.prediction_steps
+      # Free running: greedy decode of step-1 predictions of the first start of each window
+      # (each window's first row: start 0, step 1).
+      rows = jnp.arange(tokens.shape[0]) * len(out["row_steps"])
       greedy = self.model.apply(variables, out["predicted_entities"][rows],
                                 out["anchor_tokens"][rows],
                                 method=WorldModel.decode_tokens)
