@@ -160,8 +160,8 @@ def test_bfloat16_compute_runs_with_float32_params():
 def test_remat_changes_memory_not_the_function(variant):
   """lam.remat (and lam.remat_chunks, slices of the batch recomputed in a loop) recompute
   IDM/FDM/aggregator activations: same params, loss and grads. Without remat the FDM's
-  rollout is unrolled, with it a loop (`models.build_world_model`), so this also checks that the two
-  rollouts are one function."""
+  rollout is unrolled, with it a loop (`models.build_world_model`), so this also checks
+  that the two rollouts are one function."""
   config, _, (batch,) = stage_fixtures.make("lam", batch_size=2, num_batches=1, variant=variant)
   grads = {}
   for remat, chunks in ((False, 1), (True, 1), (True, 2)):

@@ -154,8 +154,8 @@ class LatentActionWorldModel(nn.Module):
   # Unroll the FDM's P-step rollout in training (nn.scan's unroll) instead of looping: XLA
   # then fuses and schedules across steps and drops the loop's stacked buffers (LAM 64 px on
   # a 2-core CPU: 0.64 -> 0.57 s/step), but keeps more activations live under remat (LAM at
-  # Table 4's size, batch 64: 64 -> 113 GiB of temporaries), so `models.build_world_model` sets it to
-  # `not remat`. The same function either way.
+  # Table 4's size, batch 64: 64 -> 113 GiB of temporaries), so
+  # `models.build_world_model` sets it to `not remat`. The same function either way.
   unroll_rollout: bool = False
 
   def setup(self):
