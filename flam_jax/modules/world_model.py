@@ -25,7 +25,7 @@ slots and latent actions are needed only for what moves. The anchor is the start
 of the rollout in training and in evaluation alike (no teacher forcing across steps).
 """
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import chex
 import flax.linen as nn
@@ -57,7 +57,7 @@ ROLLOUT_STARTS = ("full", "every")
 
 
 def training_pairs(window_length: int, prediction_steps: int,
-                   starts: str = "full") -> "tuple[np.ndarray, np.ndarray]":
+                   starts: str = "full") -> Tuple[np.ndarray, np.ndarray]:
   """(start s [V], step j [V]) of the predictions the training loss makes, frame s + j + 1
   from frame s, in row order (s, then j).
 
