@@ -1,4 +1,4 @@
-"""Policy learning from action-free demonstrations (Sec 4.3, Eq. 6) on the Multigrid goal task.
+"""Policy learning from action-free demonstrations (Sec 4.3, Eq. 6): the goal task, Procgen.
 
     python experiments/policy.py --setting=tiny  --seeds=0          # smoke (tests), minutes
     python experiments/policy.py --setting=small --seeds=0,1,2      # CPU, hours
@@ -7,6 +7,8 @@
     python experiments/policy.py --setting=paper --seeds=0,1,2      # GPU/TPU
     # --only=labelled,flam_v2,lam: only these policies (and the world models they need),
     # each evaluation printed and no report; a later run without --only reports them all.
+    python experiments/policy.py --setting=cpu --procgen=bigfish --labels=1000,10000 --seeds=0
+                                 # Procgen's planner demonstrations instead (below)
 
 For each number of distractors: expert demonstrations of the goal task
 (`flam_jax.data.goal_task`), one tokenizer, LAM and FLAM per seed trained on the
@@ -20,6 +22,12 @@ expert and a random policy. Writes <root>/<setting>/results.md and results.json
 against labels per number of distractors. Finished runs and evaluations are skipped;
 every evaluation is also kept in <root>/<setting>/evaluations/, which a run on another
 machine reuses for the same config (so seeds run apart join one report).
+
+With --procgen=GAME the demonstrations are the Procgen planner's on levels 0.. of that game
+(`flam_jax.data.procgen --demonstrations`; one actor, so no distractors), the world models
+are Table 1's Procgen ones (experiments/table1_procgen.py: K slots, [2, 2, 2, 2] codebooks),
+the policies are scored by mean return on held-out levels beside the planner and a random
+policy, and the report (<root>/GAME/<setting>/) sets the later version's returns beside.
 """
 
 import dataclasses
@@ -34,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
 
-from experiments import common, runner, settings
+from experiments import common, runner, settings, table1_procgen
 from experiments import plots as plots_lib
 from experiments import report as report_lib
 from flam_jax import filesystem
@@ -44,6 +52,8 @@ from flam_jax.stages.policy import PolicyStage
 
 flags.DEFINE_list("distractors", [], "Numbers of distractors (default: the setting's).")
 flags.DEFINE_list("labels", [], "Numbers of labelled transitions (default: the setting's).")
+flags.DEFINE_enum("procgen", "", ["", "bigfish", "starpilot"], "A Procgen game: its "
+                  "planner's demonstrations instead of the goal task's (see the docstring).")
 common.define_flags("results/policy")
 
 MODES = (  # (label, policy.mode, world model variant or None, title)
@@ -64,6 +74,8 @@ MODE_POLICY = {"flam_v2_matched_slot": dict(decoder_slots="matched_by_masks")}
 MODE_TITLES = dict(settings.VARIANT_TITLES,
                    flam_v2_matched_slot=f"{settings.VARIANT_TITLES['flam_v2']}, agent 0's slot")
 LATENT_MODES = tuple(m[0] for m in MODES if m[2])
+# Without entity masks (Procgen) no slot is matched to the controlled agent.
+MODES_WITHOUT_MASKS = tuple(m for m in MODES if m[0] not in MODE_POLICY)
 LABELLING_KEYS = ("pseudo_label_accuracy", "controlled_agent_bound_fraction")
 KEYS = ("success_rate", "mean_return") + LABELLING_KEYS
 
@@ -111,6 +123,9 @@ POLICY_SETTINGS = {
 
 class PolicyExperiment(runner.Experiment):
   """runner.Experiment on goal-task demonstrations instead of random Multigrid."""
+
+  modes = MODES  # The policies of the grid.
+  metric = "success_rate"  # What the report's tables and claims compare.
 
   def __init__(self, policy_setting: PolicySetting, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -223,6 +238,77 @@ class PolicyExperiment(runner.Experiment):
     return os.path.join(self.out_dir, "evaluations", f"{num_agents - 1}d_{tag}_seed{seed}.json")
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcgenPolicySetting:
+  """The planner's demonstrations of one setting and the policy stage on them."""
+
+  episodes: int  # Levels 0..episodes-1, one demonstration each.
+  episode_length: int  # Frames per demonstration (padded after a level's early end).
+  plan_horizon: int  # The planner's lookahead (flam_jax/data/procgen_worker.py).
+  num_slots: int  # FLAM's K (Table 1's Procgen row at this setting).
+  labels: tuple
+  policy: dict  # config.policy keys.
+  steps: int
+  batch_size: int
+
+
+PROCGEN_POLICY_SETTINGS = {
+    # 64 px (Procgen's observations; the cpu setting's 8 x 8 tokens), 300 demonstrations
+    # of 64 frames (~15k train transitions), K = 8 as in Table 1's Procgen row.
+    "cpu": ProcgenPolicySetting(300, 64, 10, 8, (100, 1000, 10000),
+                                dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
+    # Test-only: 4 demonstrations of 6 frames, 2 evaluation episodes.
+    "tiny": ProcgenPolicySetting(4, 6, 2, 3, (5,), dict(eval_episodes=2, decoder_steps=20,
+                                                        channels=(8,), hidden=16), 3, 4),
+}
+# The later version (shared/seeds/flam-summary.txt): mean return of BC from pseudo-labels.
+LATER_VERSION_RETURNS = {"bigfish": {1000: 1.8, 10000: 8.8}, "starpilot": {1000: 1.8, 10000: 9.1}}
+PROCGEN_IMAGE_SIZE = 64  # The planner's frames (the worker's observations).
+
+
+class ProcgenPolicyExperiment(PolicyExperiment):
+  """PolicyExperiment on the Procgen planner's demonstrations of one game (one actor:
+  num_agents is 1, "0 distractors"); policies scored by mean return on held-out levels."""
+
+  modes = MODES_WITHOUT_MASKS
+  metric = "mean_return"
+
+  def __init__(self, game: str, policy_setting: ProcgenPolicySetting, name, setting, root: str,
+               *args, **kwargs):
+    runner.Experiment.__init__(self, name, setting, os.path.join(root, game), *args, **kwargs)
+    self.game, self.task_setting = game, policy_setting
+    self.setting = dataclasses.replace(self.setting, common=dict(
+        self.setting.common, **{"data.image_size": PROCGEN_IMAGE_SIZE}))
+
+  def config(self, run: runner.Run):
+    return table1_procgen.procgen_world_model(runner.Experiment.config(self, run),
+                                              self.task_setting.num_slots)
+
+  def data_dir(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"demos_{self.game}")
+
+  def tokenizer_dir(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"demos_tokenizer_{self.game}")
+
+  def workdir(self, run: runner.Run) -> str:
+    return os.path.join(self.runs_dir, f"demos_{self.game}_{run.label}", f"seed{run.seed}")
+
+  def policy_workdir(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
+    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
+    return os.path.join(self.runs_dir, f"demos_{self.game}_policy", tag, f"seed{seed}")
+
+  def ensure_data(self, num_agents: int) -> str:
+    """The planner's demonstrations (resumed where a killed run stopped)."""
+    from flam_jax.data import procgen  # pylint: disable=g-import-not-at-top
+    out, ps = self.data_dir(num_agents), self.task_setting
+    start = time.time()
+    procgen.write_demonstrations(self.game, ps.episodes, out, episode_length=ps.episode_length,
+                                 plan_horizon=ps.plan_horizon,
+                                 progress=self.setting.name != "tiny")
+    self.timings[f"demos_{self.game}"] = time.time() - start
+    return out
+
+
 # Config entries that name places on one machine or say how a step runs (the latent action
 # stage's checkpoint_ignored_keys: remat), not what was trained.
 _MACHINE_KEYS = ("data.dir", "lam.token_cache_dir", "lam.tokenizer_checkpoint",
@@ -298,8 +384,8 @@ def _without_machine_keys(flat: dict) -> dict:
 
 
 def _stat(evaluations, key):
-  values = [e["labelling"].get(key) if key in LABELLING_KEYS else e["policy"][key]
-            for e in evaluations]
+  # .get: Procgen's evaluations have no success rate.
+  values = [e["labelling" if key in LABELLING_KEYS else "policy"].get(key) for e in evaluations]
   mean, std, n = report_lib.mean_std(values)
   return dict(mean=mean, std=std, n=n, values=values)
 
@@ -310,7 +396,7 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Op
   results, references = {}, {}
   for d in distractors:
     n = d + 1
-    for mode_label, _, _, _ in MODES:
+    for mode_label, _, _, _ in experiment.modes:
       if only and mode_label not in only:
         continue
       for num in ((max(labels),) if mode_label == "true_actions" else labels):
@@ -318,9 +404,10 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Op
         if only:
           for s, e in zip(seeds, evaluations):
             accuracy = e["labelling"].get("pseudo_label_accuracy")
+            success = e["policy"].get("success_rate")
             print(f"[{experiment.name}] {d} distractors, {mode_label}, {num} labels, seed {s}: "
-                  f"success {e['policy']['success_rate']:.2f}, return "
-                  f"{e['policy']['mean_return']:.3f}" + (
+                  + (f"success {success:.2f}, " if success is not None else "") +
+                  f"return {e['policy']['mean_return']:.3f}" + (
                       f", pseudo-label accuracy {accuracy:.3f}" if accuracy is not None else ""),
                   flush=True)
           continue
@@ -329,6 +416,8 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Op
   experiment.timings["total"] = time.time() - start
   if only:
     return None
+  if isinstance(experiment, ProcgenPolicyExperiment):
+    return report_procgen(experiment, seeds, labels, results, references)
   return report(experiment, seeds, distractors, labels, results, references)
 
 
@@ -408,6 +497,68 @@ def report(experiment, seeds, distractors, labels, results, references) -> str:
       claims=claims), (), plots)
 
 
+def report_procgen(experiment: ProcgenPolicyExperiment, seeds, labels, results,
+                   references) -> str:
+  """results.md of a Procgen game: mean return against labels, the later version's beside."""
+  ps, game = experiment.task_setting, experiment.game
+  lines = report_lib.header_lines(
+      f"Policy learning from action-free demonstrations (Sec 4.3): Procgen {game}", experiment,
+      seeds, slots=str(ps.num_slots), action_levels=table1_procgen.ACTION_LEVELS,
+      data=(f"Procgen {game}, the planner's demonstrations (lookahead {ps.plan_horizon}) on "
+            f"levels 0-{ps.episodes - 1}, {ps.episode_length} frames each at "
+            f"{PROCGEN_IMAGE_SIZE} px (80% train)"))
+  lines += [
+      f"- policies: {ps.steps} steps (batch {ps.batch_size}) x{experiment.steps_scale:g}, played "
+      f"greedily on {ps.policy.get('eval_episodes', 100)} held-out levels until each ends "
+      "(at most the game's 1000 steps)", "",
+      "Mean return of pi_u per episode (mean ± std over seeds); the true-action upper bound "
+      "uses every demonstration transition whatever the number of labels. 'pseudo-label acc.' "
+      "is the share of demonstration transitions whose pseudo-label f(a) equals the planner's "
+      "action (15 actions).", ""]
+  header = ["policy"] + [f"{num} labels" for num in labels]
+  rows = []
+  for mode_label, _, _, title in experiment.modes:
+    nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
+    rows.append([title] + [report_lib.fmt(results[f"0d/{mode_label}/{num}"]["mean_return"])
+                           for num in nums])
+  for mode_label in (m[0] for m in experiment.modes if m[2]):
+    rows.append([f"pseudo-label acc., {MODE_TITLES[mode_label]}"] + [report_lib.fmt(
+        results[f"0d/{mode_label}/{num}"]["pseudo_label_accuracy"], 3) for num in labels])
+  paper = LATER_VERSION_RETURNS[game]
+  rows.append(["(later version's paper: BC from FLAM pseudo-labels)"] +
+               [report_lib.fmt_paper(paper.get(num)) for num in labels])
+  ref = references["0d"]
+  for name, title in (("expert", "planner (the demonstrator)"), ("random", "random policy")):
+    rows.append([f"{title}, same levels"] + [f"{ref[name]['mean_return']:.2f}"] +
+                [""] * (len(labels) - 1))
+  lines += [report_lib.markdown_table(header, rows), ""]
+  series = []
+  for mode_label, _, _, title in experiment.modes:
+    nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
+    stats = [results[f"0d/{mode_label}/{num}"]["mean_return"] for num in nums]
+    series.append((title.replace("BC, ", ""), [s["mean"] for s in stats],
+                   [s["std"] for s in stats]))
+  plots = [("mean return against labels", plots_lib.line_plot(
+      os.path.join(experiment.out_dir, "policy_return.png"),
+      f"Procgen {game}: mean return of pi_u", "labelled transitions", "mean return", labels,
+      series))]
+  num = 1000 if 1000 in labels else max(labels)
+  get = lambda mode: results[f"0d/{mode}/{num if mode != 'true_actions' else max(labels)}"][
+      "mean_return"]
+  claims = [report_lib.compare(f"{MODE_TITLES[m]} pseudo-labels > {other} ({num} labels)",
+                               get(m), get(o))
+            for m in ("flam", "flam_v2") for o, other in (("labelled", "labelled only"),
+                                                           ("lam", "LAM pseudo-labels"))]
+  claims.append(report_lib.compare("true-action upper bound > FLAM: the remaining gap",
+                                   get("true_actions"), get("flam")))
+  lines += ["## Claims (issue 11, Procgen)", "",
+            report_lib.markdown_table(["claim", "ours (mean return)", "verdict"], claims), ""]
+  return experiment.write(lines, dict(
+      table="policy_procgen", game=game, seeds=list(seeds), labels=list(labels),
+      demonstrations=dataclasses.asdict(ps), results=results, references=references,
+      later_version_returns=paper, claims=claims), (), plots)
+
+
 def main(argv):
   del argv
   from absl import logging  # pylint: disable=g-import-not-at-top
@@ -425,15 +576,26 @@ def main(argv):
     if unknown:
       raise ConfigError(f"--only={','.join(f.only)}: {', '.join(unknown)} is not a policy of "
                         f"this script; choose from {', '.join(m[0] for m in MODES)}")
-    if settings.get_setting(f.setting).name not in POLICY_SETTINGS:
-      raise ConfigError(f"policy.py has no --setting={f.setting}; use one of "
-                        f"{', '.join(POLICY_SETTINGS)}")
-    ps = POLICY_SETTINGS[f.setting]
-    experiment = PolicyExperiment(ps, "policy", settings.get_setting(f.setting), f.root,
-                                  f.steps_scale, f.runs_root, f.compilation_cache)
+    known = PROCGEN_POLICY_SETTINGS if f.procgen else POLICY_SETTINGS
+    if settings.get_setting(f.setting).name not in known:
+      raise ConfigError(f"policy.py has no --setting={f.setting}"
+                        f"{' with --procgen' * bool(f.procgen)}; use one of {', '.join(known)}")
+    ps, setting = known[f.setting], settings.get_setting(f.setting)
+    if f.procgen:
+      if unknown_modes := sorted(set(f.only) - {m[0] for m in MODES_WITHOUT_MASKS}):
+        raise ConfigError(f"--only={','.join(f.only)}: {', '.join(unknown_modes)} needs entity "
+                          "masks, which Procgen has not")
+      if f.distractors:
+        raise ConfigError("--distractors is the goal task's; Procgen has one actor (drop it)")
+      experiment = ProcgenPolicyExperiment(f.procgen, ps, "policy", setting, f.root,
+                                           f.steps_scale, f.runs_root, f.compilation_cache)
+    else:
+      experiment = PolicyExperiment(ps, "policy", setting, f.root, f.steps_scale, f.runs_root,
+                                    f.compilation_cache)
     seeds = common.parse_seeds(f.seeds)
     try:
-      distractors = [int(v) for v in f.distractors] or list(ps.distractors)
+      distractors = ([0] if f.procgen else
+                     [int(v) for v in f.distractors] or list(ps.distractors))
       labels = [int(v) for v in f.labels] or list(ps.labels)
     except ValueError as e:
       raise ConfigError("--distractors and --labels take comma-separated integers") from e

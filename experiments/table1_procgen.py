@@ -68,6 +68,18 @@ PROCGEN_SETTINGS = {
 ACTION_LEVELS = (2, 2, 2, 2)  # Table 4, Procgen: 16 codes per slot and per scene.
 
 
+def procgen_world_model(config, num_slots: int):
+  """A world model config of experiments/settings.py made Procgen's: K = num_slots, the
+  [2, 2, 2, 2] action codebooks, data read from data.dir (not generated)."""
+  config.data.generate.enabled = False
+  config.lam.num_slots = num_slots
+  config.lam.action_levels = config.lam.scene_action_levels = ACTION_LEVELS
+  # The plain mean, as in configs/procgen.py: the moving-patch weight is measured on
+  # Multigrid only, and the kept Procgen runs (results/cpu/table1_procgen) used it.
+  config.lam.slot_reconstruction_changed_weight = 1.0
+  return config
+
+
 class ProcgenExperiment(runner.Experiment):
   """runner.Experiment on generated Procgen video instead of Multigrid."""
 
@@ -88,14 +100,7 @@ class ProcgenExperiment(runner.Experiment):
     return os.path.join(self.runs_dir, f"{self.game}_{run.label}", f"seed{run.seed}")
 
   def config(self, run: runner.Run):
-    config = super().config(run)
-    config.data.generate.enabled = False
-    config.lam.num_slots = self.video.num_slots
-    config.lam.action_levels = config.lam.scene_action_levels = ACTION_LEVELS
-    # The plain mean, as in configs/procgen.py: the moving-patch weight is measured on
-    # Multigrid only, and the kept Procgen runs (results/cpu/table1_procgen) used it.
-    config.lam.slot_reconstruction_changed_weight = 1.0
-    return config
+    return procgen_world_model(super().config(run), self.video.num_slots)
 
   def ensure_data(self, num_agents: int) -> str:
     """The game's video, generated unless a dataset is there already."""
