@@ -245,6 +245,7 @@ class ProcgenPolicySetting:
   episodes: int  # Levels 0..episodes-1, one demonstration each.
   episode_length: int  # Frames per demonstration (padded after a level's early end).
   plan_horizon: int  # The planner's lookahead (flam_jax/data/procgen_worker.py).
+  eval_max_steps: int  # Steps an evaluation episode may last (Procgen's own limit: 1000).
   num_slots: int  # FLAM's K (Table 1's Procgen row at this setting).
   labels: tuple
   policy: dict  # config.policy keys.
@@ -255,10 +256,10 @@ class ProcgenPolicySetting:
 PROCGEN_POLICY_SETTINGS = {
     # 64 px (Procgen's observations; the cpu setting's 8 x 8 tokens), 300 demonstrations
     # of 64 frames (~15k train transitions), K = 8 as in Table 1's Procgen row.
-    "cpu": ProcgenPolicySetting(300, 64, 10, 8, (100, 1000, 10000),
+    "cpu": ProcgenPolicySetting(300, 64, 10, 1000, 8, (100, 1000, 10000),
                                 dict(eval_episodes=100, channels=(32, 32), hidden=64), 10000, 64),
-    # Test-only: 4 demonstrations of 6 frames, 2 evaluation episodes.
-    "tiny": ProcgenPolicySetting(4, 6, 2, 3, (5,), dict(eval_episodes=2, decoder_steps=20,
+    # Test-only: 4 demonstrations of 6 frames, 2 evaluation episodes of at most 8 steps.
+    "tiny": ProcgenPolicySetting(4, 6, 2, 8, 3, (5,), dict(eval_episodes=2, decoder_steps=20,
                                                         channels=(8,), hidden=16), 3, 4),
 }
 # The later version (shared/seeds/flam-summary.txt): mean return of BC from pseudo-labels.
@@ -303,7 +304,7 @@ class ProcgenPolicyExperiment(PolicyExperiment):
     out, ps = self.data_dir(num_agents), self.task_setting
     start = time.time()
     procgen.write_demonstrations(self.game, ps.episodes, out, episode_length=ps.episode_length,
-                                 plan_horizon=ps.plan_horizon,
+                                 plan_horizon=ps.plan_horizon, eval_max_steps=ps.eval_max_steps,
                                  progress=self.setting.name != "tiny")
     self.timings[f"demos_{self.game}"] = time.time() - start
     return out
@@ -510,7 +511,7 @@ def report_procgen(experiment: ProcgenPolicyExperiment, seeds, labels, results,
   lines += [
       f"- policies: {ps.steps} steps (batch {ps.batch_size}) x{experiment.steps_scale:g}, played "
       f"greedily on {ps.policy.get('eval_episodes', 100)} held-out levels until each ends "
-      "(at most the game's 1000 steps)", "",
+      f"(at most {ps.eval_max_steps} steps)", "",
       "Mean return of pi_u per episode (mean ± std over seeds); the true-action upper bound "
       "uses every demonstration transition whatever the number of labels. 'pseudo-label acc.' "
       "is the share of demonstration transitions whose pseudo-label f(a) equals the planner's "

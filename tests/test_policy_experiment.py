@@ -13,6 +13,7 @@ from experiments import runner, settings
 from experiments import policy as policy_experiment
 from flam_jax.errors import CheckpointError
 from flam_jax.lib import checkpointing, config_utils
+from tests import test_procgen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,3 +176,66 @@ def test_only_names_an_unknown_policy_in_one_line(tmp_path):
                                 "choose from true_actions, labelled, flam_v2, lam, flam, "
                                 "flam_v2_matched_slot")
   assert not os.listdir(tmp_path)
+
+
+def test_procgen_settings_build_their_world_model_and_policy_configs(tmp_path):
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  for name, ps in policy_experiment.PROCGEN_POLICY_SETTINGS.items():
+    experiment = policy_experiment.ProcgenPolicyExperiment(
+        "bigfish", ps, "policy", settings.get_setting(name), str(tmp_path),
+        compilation_cache="none")
+    assert experiment.out_dir.startswith(os.path.join(str(tmp_path), "bigfish"))
+    flam = experiment.config(runner.Run("flam", "flam", 1, 0))
+    assert flam.data.image_size == policy_experiment.PROCGEN_IMAGE_SIZE
+    assert flam.lam.num_slots == ps.num_slots and flam.lam.action_levels == (2, 2, 2, 2)
+    assert not flam.data.generate.enabled and flam.data.window_length <= ps.episode_length
+    config, lam_run = experiment.policy_config(1, "flam", min(ps.labels), 0)
+    assert config.policy.lam_workdir == experiment.workdir(lam_run)
+    assert "demos_bigfish" in experiment.workdir(lam_run)
+    assert experiment.data_dir(1) != experiment.tokenizer_dir(1)
+    assert max(ps.labels) < 0.8 * ps.episodes * (ps.episode_length - 1)  # Train transitions.
+  assert "flam_v2_matched_slot" not in [m[0] for m in policy_experiment.MODES_WITHOUT_MASKS]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--distractors=2"], "--distractors is the goal task's; Procgen has one actor (drop it)"),
+    (["--only=flam_v2_matched_slot"],
+     "--only=flam_v2_matched_slot: flam_v2_matched_slot needs entity masks, which Procgen has not"),
+    (["--setting=small"], "policy.py has no --setting=small with --procgen; use one of cpu, tiny"),
+])
+def test_procgen_flags_that_do_not_apply_fail_in_one_line(tmp_path, args, message):
+  cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny",
+         "--procgen=bigfish", f"--root={tmp_path}"] + args
+  out = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip() == f"error: {message}"
+
+
+@pytest.mark.slow
+@test_procgen.needs_env
+def test_procgen_tiny_end_to_end(tmp_path):
+  """The planner's demonstrations -> tokenizer -> LAM and both FLAMs -> every policy ->
+  a report of mean returns beside the planner's, the random policy's and the paper's."""
+  root = str(tmp_path / "policy")
+  cmd = [sys.executable, os.path.join("experiments", "policy.py"), "--setting=tiny",
+         "--procgen=bigfish", "--seeds=0", f"--root={root}"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  with open(os.path.join(root, "bigfish", "tiny", "results.json")) as f:
+    results = json.load(f)
+  assert results["table"] == "policy_procgen" and results["later_version_returns"][
+      "1000"] == 1.8
+  for mode, *_ in policy_experiment.MODES_WITHOUT_MASKS:
+    stat = results["results"][f"0d/{mode}/5"]["mean_return"]
+    assert stat["n"] == 1 and stat["mean"] >= 0.0, mode
+    assert results["results"][f"0d/{mode}/5"]["success_rate"]["n"] == 0  # No success in Procgen.
+  assert set(results["references"]["0d"]) == {"expert", "random"}
+  with open(os.path.join(root, "bigfish", "tiny", "results.md")) as f:
+    text = f.read()
+  assert "planner (the demonstrator), same levels" in text and "FLAM pseudo-labels" in text
+  assert os.path.exists(os.path.join(root, "bigfish", "tiny", "policy_return.png"))
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and "training" not in again.stdout, again.stdout[-2000:]
