@@ -200,11 +200,15 @@ def get_config(arg: str = "tokenizer") -> ConfigDict:
   # decoder_slots: which of a slot model's latent actions f reads: "attention" (f learns
   # to pick a slot from the labels) or "matched_by_masks" (a reference that uses the
   # data's entity masks: the slot matched to the controlled agent, as evaluation matches).
+  # Procgen only: eval_levels "held_out" (levels no demonstration played) or "demonstrated"
+  # (the train split's levels: Procgen's train-level return); eval_max_steps > 0 cuts the
+  # evaluation episodes there (0: the game's own limit).
   config.policy = ConfigDict(dict(
       mode="pseudo_labels", lam_workdir="", num_labels=1000, decoder_hidden=64,
       decoder_steps=500, decoder_learning_rate=3e-3, decoder_validation_fraction=0.2,
       decoder_slots="attention",
-      channels=(32, 64), hidden=128, eval_episodes=100, eval_seed=1000))
+      channels=(32, 64), hidden=128, eval_episodes=100, eval_seed=1000,
+      eval_levels="held_out", eval_max_steps=0))
   # The policy stage reads single transitions, whatever the world model's window.
   config.per_stage.policy = ConfigDict(dict(data=ConfigDict(dict(window_length=1))))
   if arg == "policy":

@@ -86,3 +86,43 @@ def test_planner_demonstrations_train_a_policy_that_is_evaluated_live(tmp_path):
     assert run["num_episodes"] == 2 and 1 <= run["mean_steps"] <= 8, (name, run)
   with open(os.path.join(out, "reference_returns.json")) as f:
     assert json.load(f)["runs"]["expert"] == evaluation["expert"]  # Cached by the data.
+
+  # The same pi_u on the demonstrations' train levels, cut at 4 steps: a file of its own.
+  config.policy.update(eval_levels="demonstrated", eval_max_steps=4)
+  train.run(config, workdir)
+  with open(os.path.join(workdir, "policy", "evaluation_demonstrated_levels_4_steps.json")) as f:
+    on_train_levels = json.load(f)
+  assert on_train_levels["key"]["eval_levels"] == "demonstrated"
+  for name in ("policy", "expert", "random"):
+    assert 1 <= on_train_levels[name]["mean_steps"] <= 4, (name, on_train_levels[name])
+  with open(os.path.join(workdir, "policy", "evaluation.json")) as f:
+    assert json.load(f) == evaluation  # The held-out evaluation is kept.
+
+
+def test_evaluation_on_the_demonstrations_train_levels_or_cut_short():
+  """policy.eval_levels=demonstrated plays the train split's levels (Procgen's train-level
+  return), eval_max_steps cuts the episodes; the goal task refuses both in one line."""
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from flam_jax.data import goal_task  # pylint: disable=g-import-not-at-top
+  from flam_jax.stages import policy as policy_stage  # pylint: disable=g-import-not-at-top
+  config = dict(game="bigfish", num_actions=15, max_steps=1000, seed=0, plan_horizon=10,
+                plan_hold=2)
+  meta = dict(generator=procgen.__name__, config=config, procgen=dict(start_level=500),
+              splits=dict(train=dict(first_episode=0, num_episodes=240)))
+  held_out = policy_stage.task_of(meta, "/unused", ConfigDict(dict(eval_levels="held_out",
+                                                                   eval_max_steps=0)))
+  assert held_out.train_levels is None and held_out.max_steps == 1000
+  assert held_out.levels(2, 1) == [procgen.EVAL_FIRST_LEVEL + 1000, procgen.EVAL_FIRST_LEVEL + 1001]
+  train = policy_stage.task_of(meta, "/unused", ConfigDict(dict(eval_levels="demonstrated",
+                                                                eval_max_steps=64)))
+  assert train.train_levels == (500, 240) and train.max_steps == 64
+  assert train.levels(3, 7) == [500, 501, 502]
+  with pytest.raises(ConfigError, match="241 evaluation episodes on the demonstrations' 240 "
+                     "train levels; set --config.policy.eval_episodes to at most that"):
+    train.levels(241, 0)
+  goal = dict(generator=goal_task.__name__, config=goal_task.GoalTaskConfig().metadata_config())
+  assert isinstance(policy_stage.task_of(goal, "/unused", ConfigDict(dict(
+      eval_levels="held_out", eval_max_steps=0))), goal_task.GoalTaskConfig)
+  with pytest.raises(ConfigError, match="these keys are Procgen's"):
+    policy_stage.task_of(goal, "/unused", ConfigDict(dict(eval_levels="demonstrated",
+                                                          eval_max_steps=0)))

@@ -306,7 +306,9 @@ class LiveEpisodes:
 class ProcgenTask:
   """A Procgen game as the policy stage's task: pi_u is played on held-out levels (the
   demonstrations use [start_level, start_level + episodes); evaluation episode e of
-  seed s plays level EVAL_FIRST_LEVEL + 1000 s + e) until the level ends or max_steps."""
+  seed s plays level EVAL_FIRST_LEVEL + 1000 s + e) until the level ends or max_steps.
+  With train_levels = (first, count), episode e plays the demonstrations' train level
+  first + e instead (Procgen's train-level return; the seed then picks nothing)."""
 
   game: str = "bigfish"
   num_actions: int = NUM_ACTIONS
@@ -315,6 +317,7 @@ class ProcgenTask:
   plan_horizon: int = 10
   plan_hold: int = 2
   num_agents: int = 1  # One controlled entity; the rest of the scene is the game's.
+  train_levels: Optional[tuple[int, int]] = None  # (first, count): evaluate on these.
   cache_dir: Optional[str] = dataclasses.field(default=None, compare=False)
   venv: str = dataclasses.field(default=DEFAULT_VENV, compare=False)
 
@@ -331,7 +334,13 @@ class ProcgenTask:
                 seed=self.seed, plan_horizon=self.plan_horizon, plan_hold=self.plan_hold)
 
   def levels(self, num_episodes: int, seed: int) -> list[int]:
-    return [EVAL_FIRST_LEVEL + 1000 * seed + e for e in range(num_episodes)]
+    if self.train_levels is None:
+      return [EVAL_FIRST_LEVEL + 1000 * seed + e for e in range(num_episodes)]
+    first, count = self.train_levels
+    if num_episodes > count:
+      raise ConfigError(f"{num_episodes} evaluation episodes on the demonstrations' {count} "
+                        "train levels; set --config.policy.eval_episodes to at most that")
+    return [first + e for e in range(num_episodes)]
 
   def _live(self) -> LiveEpisodes:
     return LiveEpisodes(self.game, seed=self.seed, plan_horizon=self.plan_horizon,
@@ -363,6 +372,8 @@ class ProcgenTask:
     """The planner ("expert") and a uniformly random policy on the same levels, cached in
     cache_dir (the demonstrations' folder) by what they depend on: minutes of planning."""
     key = dict(self.metadata_config(), num_episodes=int(num_episodes), seed=int(seed))
+    if self.train_levels is not None:  # Only then: the held-out references stay cached.
+      key["train_levels"] = list(self.train_levels)
     path = (os.path.join(self.cache_dir, "reference_returns.json") if self.cache_dir else None)
     cached = filesystem.read_json(path) if path else None
     if cached and cached.get("key") == key:

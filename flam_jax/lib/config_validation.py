@@ -288,6 +288,8 @@ POLICY_RULES: Tuple[Rule, ...] = (  # flam_jax/stages/policy.py (Sec 4.3).
     _pos("policy.hidden"),
     _pos("policy.eval_episodes"),
     Rule("policy.eval_seed", "int", low=0),
+    Rule("policy.eval_levels", "str", choices=("held_out", "demonstrated"), optional=True),
+    Rule("policy.eval_max_steps", "int", low=0, optional=True),
 )
 
 STAGE_RULES: Dict[str, List[Any]] = {

@@ -43,9 +43,10 @@ TensorBoard). Afterwards `evaluate` runs pi_u greedily in the live task over
 `policy.eval_episodes` seeded episodes, beside the expert and a random policy.
 """
 
+import dataclasses
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,11 +78,23 @@ def demonstration_metadata(data_dir: str) -> Dict[str, Any]:
   return meta
 
 
-def task_of(meta: Dict[str, Any], data_dir: str):
+def task_of(meta: Dict[str, Any], data_dir: str, policy: Optional[ConfigDict] = None):
   """The live task of the demonstrations: goal_task.GoalTaskConfig or procgen.ProcgenTask
-  (whose planner and random references are cached beside the demonstrations)."""
+  (whose planner and random references are cached beside the demonstrations), evaluated
+  where config.policy's eval_levels and eval_max_steps say (Procgen only)."""
+  levels = policy.get("eval_levels", "held_out") if policy else "held_out"
+  max_steps = policy.get("eval_max_steps", 0) if policy else 0
   if meta["generator"] == procgen.__name__:
-    return procgen.ProcgenTask.from_metadata(meta["config"], cache_dir=data_dir)
+    task = procgen.ProcgenTask.from_metadata(meta["config"], cache_dir=data_dir)
+    if levels == "demonstrated":
+      train = meta["splits"]["train"]
+      task = dataclasses.replace(task, train_levels=(
+          meta["procgen"]["start_level"] + train["first_episode"], train["num_episodes"]))
+    return dataclasses.replace(task, max_steps=max_steps) if max_steps else task
+  if levels != "held_out" or max_steps:
+    raise ConfigError(f"config.policy.eval_levels={levels!r}, eval_max_steps={max_steps}: the "
+                      "goal task's evaluation episodes are seeded (policy.eval_seed) and end at "
+                      "its step limit; these keys are Procgen's, leave them at held_out and 0")
   return goal_task.GoalTaskConfig.from_metadata(meta["config"])
 
 
@@ -115,10 +128,12 @@ class PolicyStage:
   name = "policy"
   data_fields = ("tokens", "labels")
   checkpoint_keys = ("stage", "policy", "tokenizer", "data.image_size")
-  checkpoint_ignored_keys = ("policy.eval_episodes", "policy.eval_seed")
+  checkpoint_ignored_keys = ("policy.eval_episodes", "policy.eval_seed", "policy.eval_levels",
+                             "policy.eval_max_steps")
   # Keys added after policies were saved, with the value those were trained with.
   checkpoint_key_defaults = {"policy.decoder_validation_fraction": 0.0,
-                             "policy.decoder_slots": "attention"}
+                             "policy.decoder_slots": "attention",
+                             "policy.eval_levels": "held_out", "policy.eval_max_steps": 0}
   progress_keys = ("loss", "accuracy")
 
   def __init__(self, config: ConfigDict, tokenizer: Tokenizer, tokenizer_params, *,
@@ -151,7 +166,7 @@ class PolicyStage:
     cls.check_config(config)
     p = config.policy
     meta = demonstration_metadata(config.data.dir)
-    task = task_of(meta, config.data.dir)
+    task = task_of(meta, config.data.dir, p)
     lam, lam_workdir = None, lam_workdir_of(config, workdir)
     if p.mode == "pseudo_labels":
       lam, lam_params, lam_step = load_latent_action_model(config, lam_workdir)
@@ -319,10 +334,17 @@ class PolicyStage:
 
   # ---- Live evaluation. ----
   def evaluate(self, params, stage_dir: str, step: int) -> Dict[str, Any]:
-    """Greedy pi_u in the live task over policy.eval_episodes seeded episodes (cached per step)."""
+    """Greedy pi_u in the live task over policy.eval_episodes seeded episodes, cached per step
+    in evaluation.json (or evaluation_demonstrated_levels[_64_steps].json, ... where
+    policy.eval_levels / eval_max_steps are set)."""
     p = self.config.policy
-    path = os.path.join(stage_dir, "evaluation.json")
     key = dict(step=int(step), episodes=int(p.eval_episodes), seed=int(p.eval_seed))
+    name = "evaluation"
+    for option, default in (("eval_levels", "held_out"), ("eval_max_steps", 0)):
+      if p.get(option, default) != default:  # Beside evaluation.json, which stays the default's.
+        key[option] = p[option]
+        name += f"_{p[option]}" + ("_steps" if option == "eval_max_steps" else "_levels")
+    path = os.path.join(stage_dir, f"{name}.json")
     cached = filesystem.read_json(path)
     if cached and cached.get("key") == key:
       return cached
