@@ -85,7 +85,7 @@ def test_planner_demonstrations_train_a_policy_that_is_evaluated_live(tmp_path):
     run = evaluation[name]
     assert run["num_episodes"] == 2 and 1 <= run["mean_steps"] <= 8, (name, run)
   with open(os.path.join(out, "reference_returns.json")) as f:
-    assert json.load(f)["runs"]["expert"] == evaluation["expert"]  # Cached by the data.
+    assert json.load(f)["entries"][0]["runs"]["expert"] == evaluation["expert"]  # Cached.
 
   # The same pi_u on the demonstrations' train levels, cut at 4 steps: a file of its own.
   config.policy.update(eval_levels="demonstrated", eval_max_steps=4)
@@ -97,6 +97,8 @@ def test_planner_demonstrations_train_a_policy_that_is_evaluated_live(tmp_path):
     assert 1 <= on_train_levels[name]["mean_steps"] <= 4, (name, on_train_levels[name])
   with open(os.path.join(workdir, "policy", "evaluation.json")) as f:
     assert json.load(f) == evaluation  # The held-out evaluation is kept.
+  with open(os.path.join(out, "reference_returns.json")) as f:
+    assert len(json.load(f)["entries"]) == 2  # And its references beside the new ones.
 
 
 def test_evaluation_on_the_demonstrations_train_levels_or_cut_short():
@@ -126,3 +128,17 @@ def test_evaluation_on_the_demonstrations_train_levels_or_cut_short():
   with pytest.raises(ConfigError, match="these keys are Procgen's"):
     policy_stage.task_of(goal, "/unused", ConfigDict(dict(eval_levels="demonstrated",
                                                           eval_max_steps=0)))
+
+
+def test_reference_returns_are_read_from_the_cache_whatever_its_layout(tmp_path):
+  """Cached planner and random returns (minutes of planning) are found by their key, in the
+  one-entry layout of older caches and in the list of entries; nothing is replanned."""
+  task = procgen.ProcgenTask(cache_dir=str(tmp_path), venv=str(tmp_path / "no_env"))
+  key = dict(task.metadata_config(), num_episodes=3, seed=1000)
+  runs = dict(expert=dict(mean_return=12.0), random=dict(mean_return=0.5))
+  path = tmp_path / "reference_returns.json"
+  path.write_text(json.dumps(dict(key=key, runs=runs)))
+  assert task.references(3, 1000) == runs
+  other = dict(key=dict(key, max_steps=64), runs=dict(expert={}, random={}))
+  path.write_text(json.dumps(dict(entries=[other, dict(key=key, runs=runs)])))
+  assert task.references(3, 1000) == runs

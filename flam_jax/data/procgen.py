@@ -375,9 +375,13 @@ class ProcgenTask:
     if self.train_levels is not None:  # Only then: the held-out references stay cached.
       key["train_levels"] = list(self.train_levels)
     path = (os.path.join(self.cache_dir, "reference_returns.json") if self.cache_dir else None)
-    cached = filesystem.read_json(path) if path else None
-    if cached and cached.get("key") == key:
-      return cached["runs"]
+    cached = (filesystem.read_json(path) if path else None) or {}
+    # One entry per key (levels, step limit, episodes), so evaluations of one dataset at
+    # several settings do not replan each other's; a file of one {key, runs} still reads.
+    entries = cached.get("entries", [cached] if "key" in cached else [])
+    for entry in entries:
+      if entry["key"] == key:
+        return entry["runs"]
     levels = self.levels(num_episodes, seed)
     runs = {}
     with self._live() as live:
@@ -387,7 +391,7 @@ class ProcgenTask:
                           returns=returns, num_episodes=num_episodes, seed=seed)
     if path:
       try:
-        filesystem.write_json(path, dict(key=key, runs=runs))
+        filesystem.write_json(path, dict(entries=entries + [dict(key=key, runs=runs)]))
       except OSError:
         pass  # A read-only dataset: the references are recomputed next time.
     return runs
