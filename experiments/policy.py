@@ -77,7 +77,8 @@ LATENT_MODES = tuple(m[0] for m in MODES if m[2])
 # Without entity masks (Procgen) no slot is matched to the controlled agent.
 MODES_WITHOUT_MASKS = tuple(m for m in MODES if m[0] not in MODE_POLICY)
 LABELLING_KEYS = ("pseudo_label_accuracy", "controlled_agent_bound_fraction")
-KEYS = ("success_rate", "mean_return") + LABELLING_KEYS
+# mean_return_in_horizon: Procgen's episodes cut at the demonstrations' length.
+KEYS = ("success_rate", "mean_return", "mean_return_in_horizon") + LABELLING_KEYS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +299,29 @@ class ProcgenPolicyExperiment(PolicyExperiment):
     tag = mode if mode == "true_actions" else f"{mode}_{labels}"
     return os.path.join(self.runs_dir, f"demos_{self.game}_policy", tag, f"seed{seed}")
 
+  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
+    """PolicyExperiment.policy's evaluation (whole episodes) with "horizon": the same pi_u,
+    planner and random policy on the same levels cut at the demonstrations' length (the
+    part of a level the demonstrations show; stored beside the other)."""
+    evaluation = super().policy(num_agents, mode_label, labels, seed)
+    config, lam_run = self.policy_config(num_agents, mode_label, labels, seed)
+    config.policy.eval_max_steps = self.task_setting.episode_length - 1
+    stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed).replace(
+        ".json", f"_{config.policy.eval_max_steps}_steps.json")
+    identity = _config_identity(config)
+    stored = filesystem.read_json(stored_path)
+    if stored and _without_machine_keys(stored.get("config", {})) == identity:
+      return dict(evaluation, horizon=stored["evaluation"])
+    if lam_run:
+      self.ensure_run(lam_run)
+    from flam_jax import train  # pylint: disable=g-import-not-at-top
+    summary = train.run(config, self.policy_workdir(num_agents, mode_label, labels, seed))
+    runner.release_memory()
+    if summary.get("preempted"):
+      sys.exit(143)
+    filesystem.write_json(stored_path, _stored(identity, summary["evaluation"]), default=str)
+    return dict(evaluation, horizon=summary["evaluation"])
+
   def ensure_data(self, num_agents: int) -> str:
     """The planner's demonstrations (resumed where a killed run stopped)."""
     from flam_jax.data import procgen  # pylint: disable=g-import-not-at-top
@@ -385,8 +409,12 @@ def _without_machine_keys(flat: dict) -> dict:
 
 
 def _stat(evaluations, key):
-  # .get: Procgen's evaluations have no success rate.
-  values = [e["labelling" if key in LABELLING_KEYS else "policy"].get(key) for e in evaluations]
+  # .get: Procgen's evaluations have no success rate, the goal task's no horizon.
+  if key == "mean_return_in_horizon":
+    values = [e.get("horizon", {}).get("policy", {}).get("mean_return") for e in evaluations]
+  else:
+    values = [e["labelling" if key in LABELLING_KEYS else "policy"].get(key)
+              for e in evaluations]
   mean, std, n = report_lib.mean_std(values)
   return dict(mean=mean, std=std, n=n, values=values)
 
@@ -409,11 +437,16 @@ def run(experiment: PolicyExperiment, seeds, distractors, labels, only=()) -> Op
             print(f"[{experiment.name}] {d} distractors, {mode_label}, {num} labels, seed {s}: "
                   + (f"success {success:.2f}, " if success is not None else "") +
                   f"return {e['policy']['mean_return']:.3f}" + (
+                      f" ({e['horizon']['policy']['mean_return']:.3f} in "
+                      f"{e['horizon']['key']['eval_max_steps']} steps)" if "horizon" in e else "") + (
                       f", pseudo-label accuracy {accuracy:.3f}" if accuracy is not None else ""),
                   flush=True)
           continue
         results[f"{d}d/{mode_label}/{num}"] = {k: _stat(evaluations, k) for k in KEYS}
         references[f"{d}d"] = {name: evaluations[0][name] for name in ("expert", "random")}
+        if "horizon" in evaluations[0]:  # Procgen: the same references in the cut episodes.
+          references[f"{d}d"]["horizon"] = {name: evaluations[0]["horizon"][name]
+                                            for name in ("expert", "random")}
   experiment.timings["total"] = time.time() - start
   if only:
     return None
@@ -517,22 +550,28 @@ def report_procgen(experiment: ProcgenPolicyExperiment, seeds, labels, results,
       "is the share of demonstration transitions whose pseudo-label f(a) equals the planner's "
       "action (15 actions).", ""]
   header = ["policy"] + [f"{num} labels" for num in labels]
-  rows = []
-  for mode_label, _, _, title in experiment.modes:
-    nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
-    rows.append([title] + [report_lib.fmt(results[f"0d/{mode_label}/{num}"]["mean_return"])
-                           for num in nums])
-  for mode_label in (m[0] for m in experiment.modes if m[2]):
-    rows.append([f"pseudo-label acc., {MODE_TITLES[mode_label]}"] + [report_lib.fmt(
-        results[f"0d/{mode_label}/{num}"]["pseudo_label_accuracy"], 3) for num in labels])
+  ref, horizon = references["0d"], ps.episode_length - 1
   paper = LATER_VERSION_RETURNS[game]
-  rows.append(["(later version's paper: BC from FLAM pseudo-labels)"] +
-               [report_lib.fmt_paper(paper.get(num)) for num in labels])
-  ref = references["0d"]
-  for name, title in (("expert", "planner (the demonstrator)"), ("random", "random policy")):
-    rows.append([f"{title}, same levels"] + [f"{ref[name]['mean_return']:.2f}"] +
-                [""] * (len(labels) - 1))
-  lines += [report_lib.markdown_table(header, rows), ""]
+  for key, what, refs in (
+      ("mean_return", f"whole episodes (at most {ps.eval_max_steps} steps)", ref),
+      ("mean_return_in_horizon", f"the first {horizon} steps of each level (the "
+       "demonstrations' length: the states they show)", ref.get("horizon", {}))):
+    rows = []
+    for mode_label, _, _, title in experiment.modes:
+      nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
+      rows.append([title] + [report_lib.fmt(results[f"0d/{mode_label}/{num}"][key])
+                             for num in nums])
+    if key == "mean_return":
+      for mode_label in (m[0] for m in experiment.modes if m[2]):
+        rows.append([f"pseudo-label acc., {MODE_TITLES[mode_label]}"] + [report_lib.fmt(
+            results[f"0d/{mode_label}/{num}"]["pseudo_label_accuracy"], 3) for num in labels])
+      rows.append(["(later version's paper: BC from FLAM pseudo-labels)"] +
+                  [report_lib.fmt_paper(paper.get(num)) for num in labels])
+    for name, title in (("expert", "planner (the demonstrator)"), ("random", "random policy")):
+      if name in refs:
+        rows.append([f"{title}, same levels"] + [f"{refs[name]['mean_return']:.2f}"] +
+                    [""] * (len(labels) - 1))
+    lines += [f"## Mean return over {what}", "", report_lib.markdown_table(header, rows), ""]
   series = []
   for mode_label, _, _, title in experiment.modes:
     nums = [max(labels)] * len(labels) if mode_label == "true_actions" else labels
@@ -544,14 +583,17 @@ def report_procgen(experiment: ProcgenPolicyExperiment, seeds, labels, results,
       f"Procgen {game}: mean return of pi_u", "labelled transitions", "mean return", labels,
       series))]
   num = 1000 if 1000 in labels else max(labels)
-  get = lambda mode: results[f"0d/{mode}/{num if mode != 'true_actions' else max(labels)}"][
-      "mean_return"]
-  claims = [report_lib.compare(f"{MODE_TITLES[m]} pseudo-labels > {other} ({num} labels)",
-                               get(m), get(o))
-            for m in ("flam", "flam_v2") for o, other in (("labelled", "labelled only"),
-                                                           ("lam", "LAM pseudo-labels"))]
-  claims.append(report_lib.compare("true-action upper bound > FLAM: the remaining gap",
-                                   get("true_actions"), get("flam")))
+  claims = []
+  for key, where in (("mean_return", "whole episodes"),
+                     ("mean_return_in_horizon", f"first {horizon} steps")):
+    get = lambda mode, key=key: results[
+        f"0d/{mode}/{num if mode != 'true_actions' else max(labels)}"][key]
+    claims += [report_lib.compare(f"{MODE_TITLES[m]} pseudo-labels > {other} ({num} labels, "
+                                  f"{where})", get(m), get(o))
+               for m in ("flam", "flam_v2") for o, other in (("labelled", "labelled only"),
+                                                              ("lam", "LAM pseudo-labels"))]
+    claims.append(report_lib.compare(f"true-action upper bound > FLAM ({where}): the "
+                                     "remaining gap", get("true_actions"), get("flam")))
   lines += ["## Claims (issue 11, Procgen)", "",
             report_lib.markdown_table(["claim", "ours (mean return)", "verdict"], claims), ""]
   return experiment.write(lines, dict(

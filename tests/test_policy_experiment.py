@@ -232,10 +232,14 @@ def test_procgen_tiny_end_to_end(tmp_path):
     stat = results["results"][f"0d/{mode}/5"]["mean_return"]
     assert stat["n"] == 1 and stat["mean"] >= 0.0, mode
     assert results["results"][f"0d/{mode}/5"]["success_rate"]["n"] == 0  # No success in Procgen.
-  assert set(results["references"]["0d"]) == {"expert", "random"}
+    # Also cut at the demonstrations' 5 steps (the tiny setting's whole limit is 8).
+    assert results["results"][f"0d/{mode}/5"]["mean_return_in_horizon"]["n"] == 1, mode
+  assert set(results["references"]["0d"]["horizon"]) == {"expert", "random"}
+  assert set(results["references"]["0d"]) == {"expert", "random", "horizon"}
   with open(os.path.join(root, "bigfish", "tiny", "results.md")) as f:
     text = f.read()
   assert "planner (the demonstrator), same levels" in text and "FLAM pseudo-labels" in text
+  assert "## Mean return over the first 5 steps of each level" in text
   assert os.path.exists(os.path.join(root, "bigfish", "tiny", "policy_return.png"))
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "training" not in again.stdout, again.stdout[-2000:]
