@@ -176,9 +176,11 @@ class PolicyExperiment(runner.Experiment):
     self.timings[f"goal_data_{num_agents}a"] = time.time() - start
     return out
 
+  def policy_folder(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"goal_policy_{num_agents}a")
+
   def policy_workdir(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
-    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
-    return os.path.join(self.runs_dir, f"goal_policy_{num_agents}a", tag, f"seed{seed}")
+    return os.path.join(self.policy_folder(num_agents), _policy_tag(mode, labels), f"seed{seed}")
 
   def policy_config(self, num_agents: int, mode_label: str, labels: int, seed: int):
     """(config of the policy stage, its world model's Run or None for the BC baselines)."""
@@ -197,13 +199,20 @@ class PolicyExperiment(runner.Experiment):
     config.checkpoint_every_steps = max(1, steps // 4)
     return config, (lam_run if variant else None)
 
-  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
-    """Trains (unless finished) and evaluates one policy; returns its evaluation.json."""
+  def policy(self, num_agents: int, mode_label: str, labels: int, seed: int,
+             eval_max_steps: int = 0) -> dict:
+    """Trains (unless finished) and evaluates one policy (its episodes cut at eval_max_steps
+    when > 0); returns the evaluation, also stored beside the report."""
+    from flam_jax.stages import policy as policy_stage  # pylint: disable=g-import-not-at-top
     config, lam_run = self.policy_config(num_agents, mode_label, labels, seed)
+    if eval_max_steps:
+      config.policy.eval_max_steps = eval_max_steps
     mode, steps = config.policy.mode, config.num_train_steps
     workdir = self.policy_workdir(num_agents, mode_label, labels, seed)
-    path = os.path.join(workdir, "policy", "evaluation.json")
+    path = os.path.join(workdir, "policy", policy_stage.evaluation_filename(config.policy))
     stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed)
+    if eval_max_steps:
+      stored_path = stored_path.replace(".json", f"_{eval_max_steps}_steps.json")
     identity = _config_identity(config)
     evaluation = filesystem.read_json(path)
     if evaluation and evaluation["key"]["step"] >= steps:
@@ -235,8 +244,8 @@ class PolicyExperiment(runner.Experiment):
 
   def stored_evaluation_path(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
     """Where each evaluation is kept beside the report (see `_config_identity`)."""
-    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
-    return os.path.join(self.out_dir, "evaluations", f"{num_agents - 1}d_{tag}_seed{seed}.json")
+    return os.path.join(self.out_dir, "evaluations",
+                        f"{num_agents - 1}d_{_policy_tag(mode, labels)}_seed{seed}.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,32 +304,16 @@ class ProcgenPolicyExperiment(PolicyExperiment):
   def workdir(self, run: runner.Run) -> str:
     return os.path.join(self.runs_dir, f"demos_{self.game}_{run.label}", f"seed{run.seed}")
 
-  def policy_workdir(self, num_agents: int, mode: str, labels: int, seed: int) -> str:
-    tag = mode if mode == "true_actions" else f"{mode}_{labels}"
-    return os.path.join(self.runs_dir, f"demos_{self.game}_policy", tag, f"seed{seed}")
+  def policy_folder(self, num_agents: int) -> str:
+    return os.path.join(self.runs_dir, f"demos_{self.game}_policy")
 
   def policy(self, num_agents: int, mode_label: str, labels: int, seed: int) -> dict:
     """PolicyExperiment.policy's evaluation (whole episodes) with "horizon": the same pi_u,
     planner and random policy on the same levels cut at the demonstrations' length (the
     part of a level the demonstrations show; stored beside the other)."""
     evaluation = super().policy(num_agents, mode_label, labels, seed)
-    config, lam_run = self.policy_config(num_agents, mode_label, labels, seed)
-    config.policy.eval_max_steps = self.task_setting.episode_length - 1
-    stored_path = self.stored_evaluation_path(num_agents, mode_label, labels, seed).replace(
-        ".json", f"_{config.policy.eval_max_steps}_steps.json")
-    identity = _config_identity(config)
-    stored = filesystem.read_json(stored_path)
-    if stored and _without_machine_keys(stored.get("config", {})) == identity:
-      return dict(evaluation, horizon=stored["evaluation"])
-    if lam_run:
-      self.ensure_run(lam_run)
-    from flam_jax import train  # pylint: disable=g-import-not-at-top
-    summary = train.run(config, self.policy_workdir(num_agents, mode_label, labels, seed))
-    runner.release_memory()
-    if summary.get("preempted"):
-      sys.exit(143)
-    filesystem.write_json(stored_path, _stored(identity, summary["evaluation"]), default=str)
-    return dict(evaluation, horizon=summary["evaluation"])
+    return dict(evaluation, horizon=super().policy(
+        num_agents, mode_label, labels, seed, eval_max_steps=self.task_setting.episode_length - 1))
 
   def ensure_data(self, num_agents: int) -> str:
     """The planner's demonstrations (resumed where a killed run stopped)."""
@@ -332,6 +325,11 @@ class ProcgenPolicyExperiment(PolicyExperiment):
                                  progress=self.setting.name != "tiny")
     self.timings[f"demos_{self.game}"] = time.time() - start
     return out
+
+
+def _policy_tag(mode: str, labels: int) -> str:
+  """A policy's folder / file tag: true_actions uses every label, whatever the count."""
+  return mode if mode == "true_actions" else f"{mode}_{labels}"
 
 
 # Config entries that name places on one machine or say how a step runs (the latent action
@@ -364,7 +362,8 @@ def _check_trained_as(config, workdir: str) -> None:
   """Raises CheckpointError (one line) where the finished policy in `workdir` was trained
   with another config than `config` (its identity), world model keys (lam.*) included:
   the policy stage's own checkpoint keys leave those out, so a policy fitted to the latent
-  actions of a world model since retrained would otherwise be reported as current."""
+  actions of a world model since retrained would otherwise be reported as current. The
+  evaluation-only keys (episodes, levels, step limit) may differ: they train nothing."""
   from flam_jax.lib import checkpointing  # pylint: disable=g-import-not-at-top
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "policy", "checkpoints"),
                                     async_save=False)
@@ -375,7 +374,7 @@ def _check_trained_as(config, workdir: str) -> None:
   current = _config_identity(config_utils.stage_config(config, "policy"))
   checkpointing.check_compatible(
       saved, ConfigDict(current), sorted(set(saved) | set(current)), ckpt.directory,
-      defaults=_KEY_DEFAULTS, fix=f"delete {workdir} (and its world model if the key is lam.*) "
+      ignored=PolicyStage.checkpoint_ignored_keys, defaults=_KEY_DEFAULTS, fix=f"delete {workdir} (and its world model if the key is lam.*) "
       "to train it again, or pass another --runs_root")
 
 

@@ -98,6 +98,16 @@ def task_of(meta: Dict[str, Any], data_dir: str, policy: Optional[ConfigDict] = 
   return goal_task.GoalTaskConfig.from_metadata(meta["config"])
 
 
+def evaluation_filename(policy: ConfigDict) -> str:
+  """evaluation.json, or evaluation_demonstrated_levels[_64_steps].json, ... where
+  policy.eval_levels / eval_max_steps are not their defaults (each kept beside the other)."""
+  name = "evaluation"
+  for option, default in (("eval_levels", "held_out"), ("eval_max_steps", 0)):
+    if policy.get(option, default) != default:
+      name += f"_{policy[option]}" + ("_steps" if option == "eval_max_steps" else "_levels")
+  return f"{name}.json"
+
+
 def lam_workdir_of(config: ConfigDict, workdir: str) -> str:
   """policy.lam_workdir, or this workdir when empty (a tokenizer,lam,policy config)."""
   return os.path.abspath(config.policy.lam_workdir or workdir)
@@ -335,16 +345,13 @@ class PolicyStage:
   # ---- Live evaluation. ----
   def evaluate(self, params, stage_dir: str, step: int) -> Dict[str, Any]:
     """Greedy pi_u in the live task over policy.eval_episodes seeded episodes, cached per step
-    in evaluation.json (or evaluation_demonstrated_levels[_64_steps].json, ... where
-    policy.eval_levels / eval_max_steps are set)."""
+    in `evaluation_filename(config.policy)`."""
     p = self.config.policy
     key = dict(step=int(step), episodes=int(p.eval_episodes), seed=int(p.eval_seed))
-    name = "evaluation"
     for option, default in (("eval_levels", "held_out"), ("eval_max_steps", 0)):
-      if p.get(option, default) != default:  # Beside evaluation.json, which stays the default's.
+      if p.get(option, default) != default:  # Only then: earlier evaluations stay valid.
         key[option] = p[option]
-        name += f"_{p[option]}" + ("_steps" if option == "eval_max_steps" else "_levels")
-    path = os.path.join(stage_dir, f"{name}.json")
+    path = os.path.join(stage_dir, evaluation_filename(p))
     cached = filesystem.read_json(path)
     if cached and cached.get("key") == key:
       return cached
